@@ -1,0 +1,80 @@
+"""Artifacts passed between stages, and the content hashes that key the cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file a stage produced (or the user gave), plus what later stages need to know.
+
+    kind: "torch" (a pickled nn.Module in the cache), "onnx", "tflite", "openvino",
+    "pte"; path: the main file (an OpenVINO .xml has its .bin beside it);
+    meta: small JSON-able facts (input shape, layout, quantization, …).
+    """
+
+    kind: str
+    path: Path
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, kind: str, path: str | os.PathLike, **meta: Any) -> "Artifact":
+        p = Path(path)
+        return cls(kind=kind, path=p, sha256=sha256_file(p), meta=dict(meta))
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the artifact on disk, counting side files (e.g. OpenVINO's .bin)."""
+        return self.path.stat().st_size + sum(Path(f).stat().st_size for f in self.meta.get("side_files", []))
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        return {"kind": self.kind, "path": os.path.relpath(self.path, root), "sha256": self.sha256, "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], root: Path) -> "Artifact":
+        return cls(kind=d["kind"], path=(root / d["path"]).resolve(), sha256=d["sha256"], meta=d.get("meta", {}))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write then rename: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

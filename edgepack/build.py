@@ -1,0 +1,124 @@
+"""One build for one target: resolve settings, load inputs, run the stages, write
+the bundle and report. Every input is checked before the output folder is touched."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .artifacts import atomic_write_json
+from .bundle import bundle_name, make_manifest, model_filename, write_bundle
+from .config import Settings, load_settings
+from .errors import UsageError
+from .inputs.data import Dataset, load_data
+from .inputs.model import LoadedModel, check_forward, load_model
+from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
+from .stages.base import BuildContext
+from .targets.base import Target, get_target
+
+
+@dataclass
+class BuildRequest:
+    target: str
+    model: str | None = None
+    weights: str | None = None
+    data: str | None = None
+    config: Path | None = None
+    out: Path | None = None
+    overrides: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    use_cache: bool = True
+
+
+@dataclass
+class Prepared:
+    settings: Settings
+    target: Target
+    ctx: BuildContext
+    out: Path
+
+
+@dataclass
+class BuildOutcome:
+    passed: bool
+    tree: Path
+    zip: Path
+    report: dict[str, Any]
+    records: list[StageRecord]
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+
+
+def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
+    """Everything that can fail on bad input, before any file is written."""
+    target = get_target(req.target)
+    overrides = list(req.overrides)
+    if req.devices:
+        overrides.append("validate.devices=[" + ", ".join(f'"{d}"' for d in req.devices) + "]")
+    settings = load_settings(req.target, section_models(target), project_file=req.config, overrides=overrides)
+    target.check_toolchain()
+    target.check_scheme(settings.quantize.scheme)
+    inputs = settings.inputs
+    out = Path(req.out or inputs.out or "out")
+    _check_out(out)
+    for d in settings.validate.devices:
+        from .devices import load_device
+
+        load_device(d)
+    data: Dataset = load_data(req.data or inputs.data, settings.data,
+                              calibration_samples=settings.quantize.calibration_samples)
+    teacher: LoadedModel = load_model(req.model or inputs.model, req.weights or inputs.weights)
+    check_forward(teacher, data.evaluation.x, len(data.labels), data.source)
+    ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log)
+    return Prepared(settings, target, ctx, out)
+
+
+def describe_plan(p: Prepared) -> list[tuple[str, bool]]:
+    return [(stage.name, enabled) for stage, enabled in plan(p.ctx)]
+
+
+def run_build(p: Prepared, *, use_cache: bool = True,
+              on_stage: Callable[[StageRecord], None] | None = None) -> BuildOutcome:
+    from .report import build_report, render_markdown, render_plots
+
+    cache_root = p.out / ".edgepack-cache"
+    result: BuildResult = run_pipeline(p.ctx, cache_root, use_cache=use_cache, on_stage=on_stage)
+    ctx, art = result.ctx, result.artifact
+    name = bundle_name(ctx.teacher.name, p.target.name)
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    report = build_report(result, p.settings, p.target, ctx.data, ctx.teacher, model_filename(art), created)
+
+    scratch = cache_root / "report"
+    scratch.mkdir(parents=True, exist_ok=True)
+    plots = render_plots(report, scratch)
+    files: dict[str, Any] = {model_filename(art): art.path}
+    for side in art.meta.get("side_files", []):
+        files[Path(side).name] = art.path.parent / Path(side).name
+    ref_io = ctx.results["validate"].extras.get("reference_io")
+    if ref_io is not None:
+        files["reference.npz"] = ref_io.path
+    files["labels.txt"] = "\n".join(ctx.data.labels) + "\n"
+    files["report.json"] = _json(report)
+    files["report.md"] = render_markdown(report, plots)
+    for plot in plots:
+        files[plot] = scratch / plot
+    manifest = make_manifest(name=name, target=p.target, artifact=art, io=p.target.io_details(art), data=ctx.data,
+                             labels=ctx.data.labels, settings=p.settings, teacher=ctx.teacher, created_at=created)
+    tree, zip_path = write_bundle(p.out, name, files, manifest)
+    return BuildOutcome(report["passed"], tree, zip_path, report, result.records)
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+__all__ = ["BuildRequest", "prepare", "run_build", "describe_plan", "atomic_write_json"]

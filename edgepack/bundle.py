@@ -1,0 +1,146 @@
+"""The ready-to-ship bundle: model file, manifest.json (edgepack.bundle/1), report,
+labels and reference inputs/outputs; zipped and unpacked, swapped in atomically.
+
+The previous bundle in the output folder stays intact until the new one is
+complete: the tree is assembled in a staging folder and renamed into place, the
+zip is written to a temporary file and renamed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .artifacts import atomic_write_json, atomic_write_text, sha256_file
+from .errors import UsageError
+
+SCHEMA = "edgepack.bundle/1"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)    # fixed entry times: the zip changes only when its content does
+
+
+def bundle_name(model_name: str, target: str) -> str:
+    return f"{model_name}-{target}"
+
+
+def model_filename(artifact: Any) -> str:
+    return "model" + artifact.path.suffix
+
+
+def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[dict[str, Any]]],
+                  data: Any, labels: list[str], settings: Any, teacher: Any, created_at: str) -> dict[str, Any]:
+    pre = dict(data.preprocessing)
+    inputs = [dict(i, preprocessing=pre) for i in io["inputs"]]
+    return {
+        "schema": SCHEMA,
+        "name": name,
+        "target": target.name,
+        "format": target.format,
+        "model": model_filename(artifact),
+        "side_files": [Path(f).name for f in artifact.meta.get("side_files", [])],
+        "scheme": artifact.meta.get("scheme"),
+        "inputs": inputs,
+        "outputs": io["outputs"],
+        "preprocessing": pre,
+        "labels": labels,
+        "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,
+                    **({"alternatives": target.runtime_alternatives} if getattr(target, "runtime_alternatives", None) else {})},
+        "provenance": {"edgepack_version": __version__, "profile": str(settings.profile_path.name),
+                       "recipe_hash": settings.recipe_hash, "calibration_data_sha256": data.calibration_sha256,
+                       "model_sha256": teacher.sha256, "created_at": created_at},
+    }
+
+
+def _zip_tree(tree: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with open(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(p for p in tree.rglob("*") if p.is_file()):
+                info = zipfile.ZipInfo(f"{tree.name}/{f.relative_to(tree).as_posix()}", ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                z.writestr(info, f.read_bytes())
+        Path(tmp).replace(dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bundle(out_dir: Path, name: str, files: dict[str, Path | str | bytes], manifest: dict[str, Any]) -> tuple[Path, Path]:
+    """Assemble <out>/<name>/ and <out>/<name>.zip from `files` (bundle path -> source file
+    or content) plus manifest.json with the sha256 of every file. Returns (tree, zip)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        tree = staging / name
+        tree.mkdir()
+        for rel, src in files.items():
+            dst = tree / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                dst.write_bytes(src)
+            elif isinstance(src, str):
+                dst.write_text(src)
+            else:
+                shutil.copyfile(src, dst)
+        manifest = dict(manifest, files={p.relative_to(tree).as_posix(): sha256_file(p)
+                                         for p in sorted(tree.rglob("*")) if p.is_file()})
+        atomic_write_json(tree / "manifest.json", manifest)
+        zip_path = out_dir / f"{name}.zip"
+        _zip_tree(tree, zip_path)
+        final = out_dir / name
+        old = None
+        if final.exists():
+            old = staging / ".previous"
+            final.rename(old)
+        tree.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final, zip_path
+
+
+def inspect_bundle(path: Path) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
+    """Read a bundle (zip or folder) and check every sha256 in its manifest.
+
+    Returns (manifest, [(file, ok)]); a missing manifest or unreadable bundle raises UsageError.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: bundle not found")
+    if path.is_dir():
+        root = path
+        read = lambda rel: (root / rel).read_bytes() if (root / rel).is_file() else None  # noqa: E731
+        listing = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    else:
+        try:
+            z = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UsageError(f"{path}: not a bundle (zip unreadable: {e})") from None
+        prefix = next((n.split("/")[0] + "/" for n in z.namelist() if n.endswith("manifest.json")), "")
+        names = set(z.namelist())
+        read = lambda rel: z.read(prefix + rel) if prefix + rel in names else None  # noqa: E731
+        listing = {n[len(prefix):] for n in names if n.startswith(prefix) and not n.endswith("/")}
+    raw = read("manifest.json")
+    if raw is None:
+        raise UsageError(f"{path}: no manifest.json in the bundle")
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: manifest.json is not valid JSON ({e})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise UsageError(f"{path}: manifest.json schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    import hashlib
+
+    checks = []
+    for rel, digest in manifest.get("files", {}).items():
+        data = read(rel)
+        checks.append((rel, data is not None and hashlib.sha256(data).hexdigest() == digest))
+    for extra in sorted(listing - set(manifest.get("files", {})) - {"manifest.json"}):
+        checks.append((extra, False))      # a file the manifest does not list
+    return manifest, checks
+
+
+__all__ = ["bundle_name", "make_manifest", "write_bundle", "inspect_bundle", "atomic_write_text"]

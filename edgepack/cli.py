@@ -1,0 +1,184 @@
+"""The command line: the only place that parses arguments, prints, and maps errors
+to exit codes (0 built and passed, 1 built but a gate failed, 2 bad input/usage)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgepackError, UsageError
+
+EXAMPLES_BUILD = """
+\b
+Examples:
+  edgepack build --target tflite-int8                       # the embedded default
+  edgepack build -t tflite-int8 --model net.py:make_model --weights net.pt --data data.npz
+  edgepack build -t tflite-int8 --set quantize.io=float32 --set validate.runs=50
+  edgepack build -t tflite-int8 --dry-run                   # resolved settings + stage plan
+"""
+
+
+def _err(msg: str) -> None:
+    click.echo(f"edgepack: error: {msg}", err=True)
+
+
+class Printer:
+    """Stage lines always; a live spinner only when stdout is a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.tty = sys.stdout.isatty()
+        self.status = None
+
+    def stage_started(self, name: str) -> None:
+        if self.tty:
+            self.status = self.console.status(f"[bold]{name}[/] …")
+            self.status.start()
+
+    def stage_done(self, rec) -> None:
+        if self.status:
+            self.status.stop()
+            self.status = None
+        m = rec.metrics
+        bits = [f"{rec.status:>7}", f"{rec.name:<10}"]
+        if rec.status != "skipped":
+            bits.append(f"{rec.seconds:7.2f}s")
+        if m.get("size_bytes"):
+            bits.append(f"{m['size_bytes'] / 1024:,.1f} KiB")
+        acc = m.get("accuracy")
+        if isinstance(acc, dict):
+            acc = acc.get("value")
+        if acc is not None:
+            bits.append(f"acc {acc:.2f}%")
+        click.echo("  ".join(bits))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepack")
+def main() -> None:
+    """edgepack: distill, prune, quantize, convert and validate a PyTorch model into a
+    ready-to-ship edge bundle.
+
+    \b
+    Examples:
+      edgepack build --target tflite-int8
+      edgepack targets
+      edgepack inspect out/digits-resnet-tflite-int8.zip
+    """
+
+
+@main.command(epilog=EXAMPLES_BUILD)
+@click.option("--target", "-t", "target", required=True, help="Target profile (see `edgepack targets`).")
+@click.option("--model", help="FILE.py:FACTORY, package.module:FACTORY or a torch.export .pt2 (default: the embedded digits ResNet).")
+@click.option("--weights", type=click.Path(), help="state_dict for the factory's model (torch.load weights_only).")
+@click.option("--data", type=click.Path(), help=".npz (x, y), a folder with calibration.npz + evaluation.npz, or an image folder.")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="Project file (edgepack.toml) overriding the profile.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: out).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting (repeatable).")
+@click.option("--device", "devices", multiple=True, help="Validate on this device (repeatable; default: the profile's).")
+@click.option("--no-cache", is_flag=True, help="Ignore cached stage outputs and run every stage.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the stage plan; run nothing.")
+def build(target, model, weights, data, config, out, overrides, devices, no_cache, dry_run) -> None:
+    """Build, validate and bundle a model for one target."""
+    from .build import BuildRequest, describe_plan, prepare, run_build
+
+    req = BuildRequest(target=target, model=model, weights=weights, data=data, config=config, out=out,
+                       overrides=tuple(overrides), devices=tuple(devices), use_cache=not no_cache)
+    try:
+        prepared = prepare(req)
+        if dry_run:
+            click.echo(json.dumps(prepared.settings.resolved(), indent=2))
+            click.echo(f"recipe hash: {prepared.settings.recipe_hash}")
+            click.echo("stage plan: " + " → ".join(n if on else f"({n}: off)" for n, on in describe_plan(prepared))
+                       + " → bundle")
+            return
+        printer = Printer()
+        click.echo(f"edgepack {__version__}: {prepared.ctx.teacher.name} → {target}, out: {prepared.out}")
+        outcome = run_build(prepared, use_cache=req.use_cache, on_stage=printer.stage_done)
+    except EdgepackError as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; earlier outputs are intact")
+        sys.exit(130)
+    r = outcome.report
+    acc = r["accuracy"]
+    click.echo(f"bundle: {outcome.zip}  ({outcome.tree}/)")
+    if acc.get("value") is not None:
+        click.echo(f"accuracy {acc['value']:.2f}% (teacher {acc['teacher']:.2f}%, drop {acc['drop_pp']:+.2f} pp, "
+                   f"budget {acc['max_drop_pp']} pp)")
+    if r["ratios"].get("size"):
+        lat = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"]["latency_p50"].items())
+        click.echo(f"vs FP32 reference: {r['ratios']['size']:.2f}x smaller; p50 latency {lat}")
+    if not outcome.passed:
+        for note in r["notes"]:
+            _err(note)
+        _err("a gate failed: the bundle and report say why")
+        sys.exit(1)
+    click.echo("passed")
+
+
+@main.command()
+def targets() -> None:
+    """List target profiles and whether each toolchain is installed (without importing it)."""
+    from .config import PROFILES_DIR
+    from .targets.base import all_targets
+
+    adapters = all_targets()
+    for path in sorted(PROFILES_DIR.glob("*.toml")):
+        cls = adapters.get(path.stem)
+        if cls is None:
+            click.echo(f"{path.stem:<16} no adapter")
+            continue
+        missing = cls.missing_packages()
+        state = "ready" if not missing else "missing " + ", ".join(missing)
+        click.echo(f"{path.stem:<16} {cls.format:<9} {cls.runtime:<18} {state}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Print a bundle's manifest and check the sha256 of every file (exit 2 if one differs).
+
+    \b
+    Example:
+      edgepack inspect out/digits-resnet-tflite-int8.zip
+    """
+    from .bundle import inspect_bundle
+
+    try:
+        manifest, checks = inspect_bundle(bundle)
+    except UsageError as e:
+        _err(str(e))
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        click.echo(f"{manifest['name']}  target {manifest['target']}  format {manifest['format']}  "
+                   f"scheme {manifest.get('scheme')}")
+        click.echo(f"runtime {manifest['runtime']['name']} >= {manifest['runtime']['min_version']}")
+        for kind in ("inputs", "outputs"):
+            for t in manifest[kind]:
+                click.echo(f"  {kind[:-1]:<6} {t['name']:<24} {t['dtype']:<8} {t['shape']}  {t.get('layout', '')}  "
+                           f"scale {t.get('scale')} zero_point {t.get('zero_point')}")
+        prov = manifest["provenance"]
+        click.echo(f"provenance: edgepack {prov['edgepack_version']}, {prov['profile']}, "
+                   f"recipe {prov['recipe_hash'][:12]}, calibration {prov['calibration_data_sha256'][:12]}, "
+                   f"{prov['created_at']}")
+    bad = [f for f, ok in checks if not ok]
+    for f, ok in checks:
+        click.echo(f"  {'ok' if ok else 'CHANGED':<8} {f}", err=not ok)
+    if bad:
+        _err(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch)")
+        sys.exit(2)
+    click.echo(f"all {len(checks)} files match their sha256")
+
+
+if __name__ == "__main__":
+    main()

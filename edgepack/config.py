@@ -1,0 +1,218 @@
+"""Typed, frozen settings: target profile < project file (edgepack.toml) < --set.
+
+A profile is data (targets/<name>.toml). It is validated once, here, at the edge;
+an unknown key, a wrong type or an out-of-range value raises UsageError naming the
+file and the key. Inside, code trusts these typed values.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .artifacts import sha256_json
+from .errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "targets"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    """How the user's data becomes calibration and evaluation splits."""
+
+    seed: int = 0
+    eval_fraction: float = Field(0.5, gt=0, lt=1)
+    image_size: int = Field(32, ge=8, le=1024)      # image folders: resized to this square
+    channels: Literal[1, 3] = 3                      # image folders: grayscale or RGB
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+
+class ExportConfig(Section):
+    opset: int = Field(17, ge=13, le=21)
+
+
+class QuantizeConfig(Section):
+    """Settings every target understands. A target may extend this (Target.quantize_config)."""
+
+    scheme: Literal["int8", "dynamic", "none"] = "int8"
+    per_channel: bool = True
+    calibration_samples: int = Field(256, ge=1)
+    io: Literal["int8", "uint8", "float32"] = "int8"
+
+
+class ValidateConfig(Section):
+    max_accuracy_drop_pp: float = Field(1.0, ge=0)
+    devices: tuple[str, ...] = ("host",)
+    warmup_runs: int = Field(20, ge=0)
+    runs: int = Field(200, ge=1)
+    threads: int = Field(1, ge=1)
+    reference: bool = True        # also convert + time the FP32 teacher for the ratios
+    reference_inputs: int = Field(16, ge=1)   # how many eval samples the bundle ships in reference.npz
+
+
+class ReferenceConfig(Section):
+    """The FP32 teacher, converted by the same target with scheme "none" and timed the same way."""
+
+    enabled: bool = True
+
+
+class InputsConfig(Section):
+    """What a project file may name instead of flags ([inputs] in edgepack.toml)."""
+
+    model: str | None = None
+    weights: str | None = None
+    data: str | None = None
+    train_data: str | None = None
+    student: str | None = None
+    out: str | None = None
+
+
+# -- loading -------------------------------------------------------------------
+
+class Layer:
+    """One source of settings (a file or the command line) and the keys it set."""
+
+    def __init__(self, source: str, data: dict[str, Any]):
+        self.source, self.data = source, data
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    if not path.exists():
+        raise UsageError(f"{path}: {what} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`--set quantize.io=float32 --set validate.runs=50` -> nested dict, values as TOML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or "." not in key or not all(key.split(".")):
+            raise UsageError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw          # bare words are strings: --set quantize.scheme=dynamic
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: {p} is not a section")
+        node[leaf] = value
+    return out
+
+
+def _merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    merged: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+
+    def walk(dst: dict, src: dict, path: tuple[str, ...], source: str) -> None:
+        for k, v in src.items():
+            sources[path + (k,)] = source
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                walk(dst[k], v, path + (k,), source)
+            else:
+                dst[k] = v if not isinstance(v, dict) else _copy(v, path + (k,), source)
+
+    def _copy(d: dict, path: tuple[str, ...], source: str) -> dict:
+        for k in d:
+            sources[path + (k,)] = source
+            if isinstance(d[k], dict):
+                _copy(d[k], path + (k,), source)
+        return dict(d)
+
+    for layer in layers:
+        walk(merged, layer.data, (), layer.source)
+    return merged, sources
+
+
+def validation_message(err: ValidationError, sources: dict[tuple[str, ...], str], default: str,
+                       section: str) -> str:
+    e = err.errors()[0]
+    loc = (section, *(str(p) for p in e["loc"]))
+    source = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), default)
+    key = ".".join(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key}"
+    return f"{source}: {key}: {e['msg']} (got {e.get('input')!r})"
+
+
+class Settings:
+    """The resolved, validated configuration of one build for one target."""
+
+    def __init__(self, target: str, sections: dict[str, BaseModel], profile_path: Path,
+                 layers: list[Layer], meta: dict[str, Any]):
+        self.target, self.sections, self.profile_path = target, sections, profile_path
+        self.layers, self.meta = layers, meta
+
+    def __getitem__(self, section: str) -> BaseModel:
+        return self.sections[section]
+
+    def __getattr__(self, section: str) -> BaseModel:
+        try:
+            return self.__dict__["sections"][section]
+        except KeyError:
+            raise AttributeError(section) from None
+
+    def resolved(self) -> dict[str, Any]:
+        return {**self.meta, **{k: v.model_dump(mode="json") for k, v in self.sections.items()}}
+
+    @property
+    def recipe_hash(self) -> str:
+        d = self.resolved()
+        d.pop("inputs", None)       # where files live is not part of the recipe
+        return sha256_json(d)
+
+
+def profile_path(target: str) -> Path:
+    path = PROFILES_DIR / f"{target}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+        raise UsageError(f"unknown target {target!r} (known: {', '.join(known) or 'none'}; profiles live in {PROFILES_DIR})")
+    return path
+
+
+def load_settings(target: str, section_models: dict[str, type[BaseModel]], *,
+                  project_file: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Merge profile < project file < --set and validate every section with its model.
+
+    `section_models` maps a section name to its pydantic model: the pipeline builds it
+    from the registered stages and the target, so a new stage brings its own section.
+    """
+    path = profile_path(target)
+    layers = [Layer(str(path), read_toml(path, "target profile"))]
+    if project_file is not None:
+        layers.append(Layer(str(project_file), read_toml(Path(project_file), "project file")))
+    if overrides:
+        layers.append(Layer("--set", parse_set(overrides)))
+    merged, sources = _merge(layers)
+
+    meta_keys = {"name": str, "format": str, "description": str}
+    meta = {k: merged.pop(k) for k in list(merged) if k in meta_keys}
+    if meta.get("name", target) != target:
+        raise UsageError(f"{path}: name = {meta['name']!r} but the file is for target {target!r}")
+    models = {"inputs": InputsConfig, "data": DataConfig, **section_models}
+    sections: dict[str, BaseModel] = {}
+    for key, value in merged.items():
+        if key not in models:
+            raise UsageError(f"{sources.get((key,), path)}: unknown key {key} "
+                             f"(sections: {', '.join(sorted(models))})")
+        if not isinstance(value, dict):
+            raise UsageError(f"{sources.get((key,), path)}: {key} must be a section ([{key}])")
+    for key, model in models.items():
+        try:
+            sections[key] = model.model_validate(merged.get(key, {}))
+        except ValidationError as e:
+            raise UsageError(validation_message(e, sources, str(path), key)) from None
+    return Settings(target, sections, path, layers, {"name": target, **meta})

@@ -1,0 +1,68 @@
+"""Assemble report.json (schema edgepack.report/1) from a finished build."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from .. import __version__
+
+SCHEMA = "edgepack.report/1"
+
+
+def _stage_row(rec: Any) -> dict[str, Any]:
+    m = rec.metrics
+    return {"name": rec.name, "status": rec.status, "seconds": rec.seconds,
+            "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
+            "accuracy": m.get("accuracy") if not isinstance(m.get("accuracy"), dict) else m["accuracy"].get("value"),
+            **({"notes": rec.notes} if rec.notes else {}),
+            **({"details": {k: v for k, v in m.items() if k not in ("params", "macs", "size_bytes", "accuracy",
+                                                                      "devices", "reference_devices")}}
+               if rec.name not in ("validate",) else {})}
+
+
+def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: Any,
+                 artifact_name: str, created_at: str | None = None) -> dict[str, Any]:
+    ctx, art = result.ctx, result.artifact
+    val = ctx.results["validate"].metrics
+    ref_stage = ctx.results["reference"]
+    ref = ref_stage.extras.get("reference")
+    ok = {d["name"]: d for d in val["devices"] if "error" not in d}
+    ref_ok = {d["name"]: d for d in val["reference_devices"] if "error" not in d}
+    reference = None
+    ratios: dict[str, Any] = {"size": None, "latency_p50": {}}
+    if ref is not None:
+        host_ref = ref_ok.get("host") or next(iter(ref_ok.values()), None)
+        reference = {"format": target.format, "scheme": "none", "size_bytes": ref.size_bytes, "sha256": ref.sha256,
+                     "accuracy": host_ref and host_ref["accuracy"],
+                     "devices": [{k: d.get(k) for k in ("name", "arch", "emulated", "threads", "init_ms",
+                                                         "latency_ms", "samples_ms", "peak_rss_mb", "accuracy",
+                                                         "error")}
+                                 for d in val["reference_devices"]]}
+        ratios["size"] = round(ref.size_bytes / art.size_bytes, 3)
+        for name, d in ok.items():
+            if name in ref_ok:
+                ratios["latency_p50"][name] = round(ref_ok[name]["latency_ms"]["p50"] / d["latency_ms"]["p50"], 3)
+    notes = [n for rec in result.records for n in rec.notes]
+    return {
+        "schema": SCHEMA,
+        "target": target.name,
+        "model": {"name": teacher.name, "spec": teacher.spec, "sha256": teacher.sha256},
+        "passed": bool(val["passed"]),
+        "stages": [_stage_row(r) for r in result.records],
+        "teacher": {k: ref_stage.metrics.get(k) for k in ("params", "macs", "size_bytes", "accuracy")},
+        "reference": reference,
+        "artifact": {"path": artifact_name, "format": target.format, "size_bytes": art.size_bytes,
+                     "sha256": art.sha256, "scheme": art.meta.get("scheme"), "layout": art.meta.get("layout")},
+        "ratios": ratios,
+        "accuracy": val["accuracy"],
+        "devices": val["devices"],
+        "failed_devices": val["failed_devices"],
+        "data": {"source": data.source, "split": data.split, "sha256": data.sha256,
+                 "calibration_sha256": data.calibration_sha256,
+                 "calibration_samples": len(data.calibration), "evaluation_samples": len(data.evaluation)},
+        "config": settings.resolved(),
+        "recipe_hash": settings.recipe_hash,
+        "edgepack_version": __version__,
+        "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+    }

@@ -1,0 +1,70 @@
+"""report.md: the tables a person reads."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _n(v: Any, fmt: str = "{:,}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _kb(v: Any) -> str:
+    return "–" if v is None else f"{v / 1024:,.1f} KiB"
+
+
+def _lat(d: dict[str, Any], key: str) -> str:
+    lat = d.get("latency_ms") or {}
+    return "–" if lat.get(key) is None else f"{lat[key]:.3f}"
+
+
+def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
+    acc = r["accuracy"]
+    verdict = "PASSED" if r["passed"] else "FAILED"
+    lines = [f"# {r['model']['name']} → {r['target']}: {verdict}", ""]
+    if acc.get("value") is not None:
+        lines += [f"Accuracy (top-1, {acc.get('measured_on')}): **{acc['value']:.2f} %** "
+                  f"(teacher {acc['teacher']:.2f} %, drop {acc['drop_pp']:+.2f} pp, budget {acc['max_drop_pp']} pp); "
+                  f"top-1 agreement with the teacher {acc.get('top1_agreement', 0):.2f} %, "
+                  f"output cosine similarity {acc.get('cosine_similarity', 0):.4f}.", ""]
+    ratios = r["ratios"]
+    if ratios.get("size"):
+        lat = ", ".join(f"{k} {v:.2f}×" for k, v in ratios["latency_p50"].items()) or "–"
+        lines += [f"Against the FP32 reference ({r['reference']['format']}, "
+                  f"{_kb(r['reference']['size_bytes'])}): **{ratios['size']:.2f}× smaller**; p50 latency {lat} faster.", ""]
+    if r.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
+    lines += ["## Stages", "", "| stage | status | seconds | params | MACs | size | accuracy % |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in r["stages"]:
+        lines.append(f"| {s['name']} | {s['status']} | {_n(s['seconds'], '{:.2f}')} | {_n(s['params'])} | "
+                     f"{_n(s['macs'])} | {_kb(s['size_bytes'])} | {_n(s['accuracy'], '{:.2f}')} |")
+    lines += ["", "## Devices", "", "| device | model | arch | emulated | threads | init ms | p50 ms | p90 ms | "
+              "p99 ms | mean ± std ms | peak RSS MB | accuracy % |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [("bundle", d) for d in r["devices"]]
+    rows += [("reference", d) for d in (r["reference"] or {}).get("devices", [])]
+    for which, d in rows:
+        if d.get("error"):
+            lines.append(f"| {d['name']} | {which} | – | – | – | – | failed: {d['error']} | | | | | |")
+            continue
+        lat = d.get("latency_ms") or {}
+        lines.append(f"| {d['name']} | {which} | {d.get('arch', '–')} | {'yes' if d.get('emulated') else 'no'} | "
+                     f"{d.get('threads', '–')} | {_n(d.get('init_ms'), '{:.1f}')} | {_lat(d, 'p50')} | "
+                     f"{_lat(d, 'p90')} | {_lat(d, 'p99')} | "
+                     f"{_n(lat.get('mean'), '{:.3f}')} ± {_n(lat.get('std'), '{:.3f}')} | "
+                     f"{_n(d.get('peak_rss_mb'), '{:.1f}')} | {_n(d.get('accuracy'), '{:.2f}')} |")
+    cpus = {(d.get("name"), (d.get("cpu") or {}).get("model"), " ".join((d.get("cpu") or {}).get("isa", [])))
+            for d in r["devices"] if not d.get("error")}
+    for name, model, isa in sorted(cpus, key=str):
+        lines.append(f"\n{name}: {model} ({isa or 'no ISA flags recorded'})")
+    if any(d.get("emulated") for d in r["devices"]):
+        lines.append("\nEmulated timings compare only with other emulated timings, never with hardware.")
+    lines += ["", "## Artifact", "", f"- file: `{r['artifact']['path']}` ({_kb(r['artifact']['size_bytes'])}, "
+              f"scheme {r['artifact']['scheme']}, layout {r['artifact']['layout']})",
+              f"- sha256: `{r['artifact']['sha256']}`",
+              f"- data: {r['data']['source']} — {r['data']['calibration_samples']} calibration / "
+              f"{r['data']['evaluation_samples']} evaluation samples ({r['data']['split'].get('method')})",
+              f"- recipe hash: `{r['recipe_hash']}`, edgepack {r['edgepack_version']}, {r['created_at']}", ""]
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""PNG plots for the report: per-stage size/accuracy and the latency distributions."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    stages = [s for s in r["stages"] if s.get("size_bytes")]
+    if stages:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        xs = range(len(stages))
+        ax.bar(xs, [s["size_bytes"] / 1024 for s in stages], color="#4c78a8")
+        ax.set_xticks(list(xs), [s["name"] for s in stages])
+        ax.set_ylabel("size (KiB)")
+        ax.set_yscale("log")
+        ax2 = ax.twinx()
+        acc = [(i, s["accuracy"]) for i, s in enumerate(stages) if s.get("accuracy") is not None]
+        if acc:
+            ax2.plot([a[0] for a in acc], [a[1] for a in acc], "o-", color="#e45756")
+        ax2.set_ylabel("accuracy (%)", color="#e45756")
+        ax.set_title(f"{r['model']['name']} → {r['target']}: size and accuracy per stage")
+        fig.tight_layout()
+        fig.savefig(folder / "stages.png", dpi=110)
+        plt.close(fig)
+        names.append("stages.png")
+
+    series = []
+    ref_devices = {d["name"]: d for d in (r.get("reference") or {}).get("devices", []) if d.get("samples_ms")}
+    for d in r["devices"]:
+        if not d.get("samples_ms"):
+            continue
+        tag = " (emulated)" if d.get("emulated") else ""
+        if d["name"] in ref_devices:
+            series.append((f"{d['name']}{tag}\nFP32 reference", ref_devices[d["name"]]["samples_ms"]))
+        series.append((f"{d['name']}{tag}\n{r['artifact']['scheme']} bundle", d["samples_ms"]))
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(series)))
+        ax.boxplot([s[1] for s in series], vert=False, showfliers=True)
+        ax.set_yticks(range(1, len(series) + 1), [s[0] for s in series])
+        ax.set_xlabel("latency per inference (ms)")
+        ax.set_title("latency distribution")
+        fig.tight_layout()
+        fig.savefig(folder / "latency.png", dpi=110)
+        plt.close(fig)
+        names.append("latency.png")
+    return names

@@ -1,0 +1,30 @@
+"""quantize: calibrated post-training quantization and conversion, by the quantizer
+the target runtime itself understands (the target adapter does both), then the
+converted file's accuracy on the host runtime."""
+from __future__ import annotations
+
+from ..artifacts import Artifact
+from ..config import QuantizeConfig
+from ..harness import run_artifact, score
+from .base import BuildContext, Stage, StageResult
+
+
+class QuantizeStage(Stage):
+    name = "quantize"
+    order = 50
+    config_model = QuantizeConfig
+
+    def run(self, artifact: Artifact, config: QuantizeConfig, ctx: BuildContext) -> StageResult:
+        target = ctx.target
+        target.check_scheme(config.scheme)
+        calibration = ctx.data.calibration.x[: config.calibration_samples]
+        converted = target.convert(artifact, config, calibration, ctx.workdir / "model", progress=ctx.progress)
+        ev = ctx.data.evaluation
+        run = run_artifact(target, converted, "host", ev.x, ctx.workdir / "host-eval")
+        metrics = {"size_bytes": converted.size_bytes, "format": target.format, "scheme": config.scheme,
+                   "calibration_samples": len(calibration),
+                   **score(run.outputs, ev.y, None)}
+        prev = ctx.results.get("export")
+        if prev is not None:
+            metrics.update(params=prev.metrics.get("params"), macs=prev.metrics.get("macs"))
+        return StageResult(converted, metrics, notes=list(converted.meta.get("notes", [])))

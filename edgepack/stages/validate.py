@@ -1,0 +1,95 @@
+"""validate: accuracy of the converted artifact against the FP32 teacher, and latency
+of artifact and reference on every device the profile names, through the harness.
+
+A device that fails is recorded with its reason; the build still writes its bundle
+and report, and the gate fails (exit 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifacts import Artifact
+from ..config import ValidateConfig
+from ..errors import DeviceError
+from ..harness import run_artifact, score
+from .base import BuildContext, Stage, StageResult
+
+
+def _device_entry(run, name: str) -> dict:
+    r = run.result
+    keep = ("device", "transport", "arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
+            "init_ms", "latency_ms", "samples_ms", "peak_rss_mb")
+    entry = {k: r.get(k) for k in keep}
+    entry["name"] = name
+    return entry
+
+
+class ValidateStage(Stage):
+    name = "validate"
+    order = 60
+    config_model = ValidateConfig
+
+    def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
+        from ..devices import load_device
+
+        return {"target": ctx.target.name,
+                "devices": [load_device(d).model_dump(mode="json") for d in config.devices]}
+
+    def run(self, artifact: Artifact, config: ValidateConfig, ctx: BuildContext) -> StageResult:
+        ev = ctx.data.evaluation
+        ref_stage = ctx.results["reference"]
+        teacher_out = np.load(ref_stage.extras["teacher_outputs"].path)
+        teacher_acc = ref_stage.metrics["accuracy"]
+        reference = ref_stage.extras.get("reference")
+        timing = dict(warmup=config.warmup_runs, runs=config.runs, threads=config.threads)
+
+        devices, ref_devices, notes = [], [], []
+        host_outputs = None
+        for name in config.devices:
+            wd = ctx.workdir / name
+            try:
+                run = run_artifact(ctx.target, artifact, name, ev.x, wd / "artifact", **timing)
+            except DeviceError as e:
+                devices.append({"name": name, "error": str(e)})
+                notes.append(f"device {name} failed: {e}")
+                continue
+            entry = _device_entry(run, name)
+            entry.update(score(run.outputs, ev.y, teacher_out))
+            devices.append(entry)
+            if host_outputs is None:
+                host_outputs = run.outputs
+            if reference is not None:
+                try:
+                    rrun = run_artifact(ctx.target, reference, name, ev.x, wd / "reference", **timing)
+                    rentry = _device_entry(rrun, name)
+                    rentry.update(score(rrun.outputs, ev.y, teacher_out))
+                    ref_devices.append(rentry)
+                except DeviceError as e:
+                    ref_devices.append({"name": name, "error": str(e)})
+                    notes.append(f"reference on device {name} failed: {e}")
+
+        ok = [d for d in devices if "error" not in d]
+        gate_dev = next((d for d in ok if d["name"] == "host"), ok[0] if ok else None)
+        value = gate_dev["accuracy"] if gate_dev else None
+        drop = round(teacher_acc - value, 4) if value is not None else None
+        acc = {"metric": "top1", "value": value, "teacher": teacher_acc, "drop_pp": drop,
+               "max_drop_pp": config.max_accuracy_drop_pp, "measured_on": gate_dev and gate_dev["name"],
+               "passed": drop is not None and drop <= config.max_accuracy_drop_pp}
+        if gate_dev:
+            acc.update(top1_agreement=gate_dev["top1_agreement"], cosine_similarity=gate_dev["cosine_similarity"])
+        for d in ok:   # on-device accuracy against the host's
+            d["accuracy_vs_gate_pp"] = round(d["accuracy"] - value, 4)
+        if not acc["passed"] and drop is not None:
+            notes.append(f"accuracy drop {drop:.2f} pp exceeds validate.max_accuracy_drop_pp = {config.max_accuracy_drop_pp}")
+        failed_devices = [d["name"] for d in devices if "error" in d]
+        metrics = {"accuracy": acc, "devices": devices, "reference_devices": ref_devices,
+                   "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices}
+
+        extras = {}
+        if host_outputs is not None:
+            n = min(config.reference_inputs, len(ev.y))
+            path = ctx.workdir / "reference.npz"
+            np.savez(path, x=ctx.target.to_model_layout(ev.x[:n], artifact), y=ev.y[:n],
+                     expected_outputs=host_outputs[:n])
+            extras["reference_io"] = Artifact.from_file("npz", path)
+        return StageResult(artifact, metrics, extras, notes)

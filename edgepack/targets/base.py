@@ -1,0 +1,99 @@
+"""The target adapter seam: one module per target, each a subclass of `Target`.
+
+An adapter declares its format, the runtime that validates it and the packages it
+needs; it imports its toolchain inside its methods so that `edgepack targets` and
+`--help` start fast. Subclassing registers it: the core never names a target.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..artifacts import Artifact
+from ..errors import ToolchainMissing, UsageError
+
+REGISTRY: dict[str, type["Target"]] = {}
+
+
+class Target(ABC):
+    name: ClassVar[str]
+    format: ClassVar[str]            # file format of the artifact: "tflite", "openvino", "pte"
+    runtime: ClassVar[str]           # the runtime package that loads it on a device
+    runtime_min_version: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()   # importable module names of the toolchain
+    export_format: ClassVar[str] = "onnx"      # what the export stage hands to convert()
+    schemes: ClassVar[tuple[str, ...]] = ("int8", "dynamic", "none")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if getattr(cls, "name", None):
+            REGISTRY[cls.name] = cls
+
+    # -- toolchain -------------------------------------------------------------
+    @classmethod
+    def missing_packages(cls) -> list[str]:
+        return [m for m in cls.requires if importlib.util.find_spec(m.split(".")[0]) is None]
+
+    @classmethod
+    def check_toolchain(cls) -> None:
+        missing = cls.missing_packages()
+        if missing:
+            raise ToolchainMissing(f"target {cls.name!r} needs the package(s) {', '.join(missing)}: pip install them")
+
+    def check_scheme(self, scheme: str, source: str = "quantize.scheme") -> None:
+        if scheme not in self.schemes:
+            raise UsageError(f"{source} = {scheme!r} is not supported by target {self.name!r} "
+                             f"(supported: {', '.join(self.schemes)})")
+
+    # -- the work ----------------------------------------------------------------
+    quantize_config: ClassVar[type | None] = None   # a QuantizeConfig subclass with target-only keys
+
+    def export(self, model: "Any", sample: np.ndarray, out_dir: Path, opset: int = 17) -> Artifact:
+        """torch.nn.Module -> the format convert() takes. Default: ONNX."""
+        from ._onnx import export_onnx
+
+        return export_onnx(model, sample, out_dir / "model.onnx", opset=opset)
+
+    @abstractmethod
+    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
+                *, progress: Any = None) -> Artifact:
+        """Quantize (per `quantize.scheme`) and convert to the target format.
+
+        `calibration` is float32 NCHW, already preprocessed. Returns the artifact with
+        meta["layout"] ("NCHW"/"NHWC") and meta["scheme"] set, plus anything the
+        report should show (meta["notes"], e.g. reverted layers or delegation).
+        """
+
+    @abstractmethod
+    def io_details(self, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+        """{"inputs": [...], "outputs": [...]}: name, shape, dtype, layout, scale, zero_point."""
+
+    def to_model_layout(self, x_nchw: np.ndarray, artifact: Artifact) -> np.ndarray:
+        if artifact.meta.get("layout") == "NHWC" and x_nchw.ndim == 4:
+            return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+        return x_nchw
+
+
+def _discover() -> None:
+    pkg = importlib.import_module(__package__)
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if not mod.name.startswith("_") and mod.name != "base":
+            importlib.import_module(f"{__package__}.{mod.name}")
+
+
+def get_target(name: str) -> Target:
+    _discover()
+    if name not in REGISTRY:
+        raise UsageError(f"unknown target {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]()
+
+
+def all_targets() -> dict[str, type[Target]]:
+    _discover()
+    return dict(sorted(REGISTRY.items()))

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# What the tests need from Debian: the aarch64 user-mode emulator (qemu device) and an
+# ssh server and client (the ssh transport is tested against a real sshd on loopback).
+set -euo pipefail
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+need=()
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
