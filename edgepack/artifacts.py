@@ -62,6 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)          # mkstemp makes 0600; bundles are for others to read
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

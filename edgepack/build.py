@@ -24,6 +24,8 @@ class BuildRequest:
     model: str | None = None
     weights: str | None = None
     data: str | None = None
+    train_data: str | None = None
+    student: str | None = None
     config: Path | None = None
     out: Path | None = None
     overrides: tuple[str, ...] = ()
@@ -37,6 +39,7 @@ class Prepared:
     target: Target
     ctx: BuildContext
     out: Path
+    use_cache: bool = True
 
 
 @dataclass
@@ -73,11 +76,13 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
 
         load_device(d)
     data: Dataset = load_data(req.data or inputs.data, settings.data,
-                              calibration_samples=settings.quantize.calibration_samples)
+                              calibration_samples=settings.quantize.calibration_samples,
+                              train_spec=req.train_data or inputs.train_data)
     teacher: LoadedModel = load_model(req.model or inputs.model, req.weights or inputs.weights)
     check_forward(teacher, data.evaluation.x, len(data.labels), data.source)
-    ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log)
-    return Prepared(settings, target, ctx, out)
+    ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log,
+                       student_spec=req.student or inputs.student)
+    return Prepared(settings, target, ctx, out, req.use_cache)
 
 
 def describe_plan(p: Prepared) -> list[tuple[str, bool]]:

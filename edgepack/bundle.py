@@ -8,6 +8,7 @@ zip is written to a temporary file and renamed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -57,6 +58,7 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
 def _zip_tree(tree: Path, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)
         with open(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
             for f in sorted(p for p in tree.rglob("*") if p.is_file()):
                 info = zipfile.ZipInfo(f"{tree.name}/{f.relative_to(tree).as_posix()}", ZIP_DATE)

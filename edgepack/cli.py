@@ -73,36 +73,87 @@ def main() -> None:
 
 
 @main.command(epilog=EXAMPLES_BUILD)
-@click.option("--target", "-t", "target", required=True, help="Target profile (see `edgepack targets`).")
+@click.option("--target", "-t", "target_names", required=True, multiple=True,
+              help="Target profile (see `edgepack targets`); repeat it, or say `all`, for several.")
 @click.option("--model", help="FILE.py:FACTORY, package.module:FACTORY or a torch.export .pt2 (default: the embedded digits ResNet).")
 @click.option("--weights", type=click.Path(), help="state_dict for the factory's model (torch.load weights_only).")
 @click.option("--data", type=click.Path(), help=".npz (x, y), a folder with calibration.npz + evaluation.npz, or an image folder.")
+@click.option("--train-data", type=click.Path(), help=".npz (x, y) for the stages that train (distill, prune fine-tuning).")
+@click.option("--student", help="FILE.py:FACTORY of the student to distill into (default: derived from the teacher).")
 @click.option("--config", "config", type=click.Path(path_type=Path), help="Project file (edgepack.toml) overriding the profile.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: out).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting (repeatable).")
 @click.option("--device", "devices", multiple=True, help="Validate on this device (repeatable; default: the profile's).")
 @click.option("--no-cache", is_flag=True, help="Ignore cached stage outputs and run every stage.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the stage plan; run nothing.")
-def build(target, model, weights, data, config, out, overrides, devices, no_cache, dry_run) -> None:
-    """Build, validate and bundle a model for one target."""
-    from .build import BuildRequest, describe_plan, prepare, run_build
+def build(target_names, model, weights, data, train_data, student, config, out, overrides, devices, no_cache,
+          dry_run) -> None:
+    """Build, validate and bundle a model for one target, or several (one bundle each plus a
+    comparison report; the exit code is the worst of them)."""
+    from .build import BuildRequest, prepare
+    from .targets.base import expand_targets
 
-    req = BuildRequest(target=target, model=model, weights=weights, data=data, config=config, out=out,
-                       overrides=tuple(overrides), devices=tuple(devices), use_cache=not no_cache)
     try:
-        prepared = prepare(req)
-        if dry_run:
-            click.echo(json.dumps(prepared.settings.resolved(), indent=2))
-            click.echo(f"recipe hash: {prepared.settings.recipe_hash}")
-            click.echo("stage plan: " + " → ".join(n if on else f"({n}: off)" for n, on in describe_plan(prepared))
-                       + " → bundle")
-            return
-        printer = Printer()
-        click.echo(f"edgepack {__version__}: {prepared.ctx.teacher.name} → {target}, out: {prepared.out}")
-        outcome = run_build(prepared, use_cache=req.use_cache, on_stage=printer.stage_done)
+        names = expand_targets(target_names)
     except EdgepackError as e:
         _err(str(e))
         sys.exit(e.exit_code)
+    reqs = [BuildRequest(target=t, model=model, weights=weights, data=data, train_data=train_data, student=student,
+                         config=config, out=out, overrides=tuple(overrides), devices=tuple(devices),
+                         use_cache=not no_cache) for t in names]
+    prepared, failed = [], []
+    for req in reqs:
+        try:
+            prepared.append(prepare(req))
+        except EdgepackError as e:
+            if len(reqs) == 1:
+                _err(str(e))
+                sys.exit(e.exit_code)
+            failed.append({"target": req.target, "error": str(e), "exit_code": e.exit_code})
+            _err(f"{req.target}: {e}")
+    if not prepared:
+        sys.exit(max(f["exit_code"] for f in failed))
+    if dry_run:
+        for p in prepared:
+            click.echo(json.dumps(p.settings.resolved(), indent=2))
+            click.echo(f"recipe hash: {p.settings.recipe_hash}")
+            click.echo("stage plan: " + " → ".join(n if on else f"({n}: off)" for n, on in describe(p)) + " → bundle")
+        return
+    if len(reqs) == 1:
+        sys.exit(_build_one(prepared[0]))
+    results = list(failed)
+    for p in prepared:
+        code, report, bundle = _build_one(p, keep_going=True)
+        results.append({"target": p.target.name, "exit_code": code, "report": report, "bundle": bundle,
+                        "error": None if report else bundle})
+    from .report.comparison import write_comparison
+
+    out_dir = prepared[0].out
+    md = write_comparison(out_dir, results)
+    worst = max(r["exit_code"] for r in results)
+    summary = ", ".join(f"{r['target']}: exit {r['exit_code']}" for r in results)
+    click.echo(f"comparison: {md}  ({summary})")
+    sys.exit(worst)
+
+
+def describe(p):
+    from .build import describe_plan
+
+    return describe_plan(p)
+
+
+def _build_one(prepared, keep_going: bool = False):
+    """Run one prepared build and print its summary. Returns the exit code, or with
+    keep_going (several targets) (exit code, report or None, bundle path or error)."""
+    from .build import run_build
+
+    printer = Printer()
+    click.echo(f"edgepack {__version__}: {prepared.ctx.teacher.name} → {prepared.target.name}, out: {prepared.out}")
+    try:
+        outcome = run_build(prepared, use_cache=prepared.use_cache, on_stage=printer.stage_done)
+    except EdgepackError as e:
+        _err(f"{prepared.target.name}: {e}" if keep_going else str(e))
+        return (e.exit_code, None, str(e)) if keep_going else e.exit_code
     except KeyboardInterrupt:
         _err("interrupted; earlier outputs are intact")
         sys.exit(130)
@@ -115,12 +166,15 @@ def build(target, model, weights, data, config, out, overrides, devices, no_cach
     if r["ratios"].get("size"):
         lat = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"]["latency_p50"].items())
         click.echo(f"vs FP32 reference: {r['ratios']['size']:.2f}x smaller; p50 latency {lat}")
+    code = 0
     if not outcome.passed:
         for note in r["notes"]:
             _err(note)
-        _err("a gate failed: the bundle and report say why")
-        sys.exit(1)
-    click.echo("passed")
+        _err(f"{prepared.target.name}: a gate failed: the bundle and report say why")
+        code = 1
+    else:
+        click.echo("passed")
+    return (code, r, str(outcome.zip)) if keep_going else code
 
 
 @main.command()
@@ -160,17 +214,19 @@ def inspect(bundle: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
-        click.echo(f"{manifest['name']}  target {manifest['target']}  format {manifest['format']}  "
+        click.echo(f"{manifest.get('name')}  target {manifest.get('target')}  format {manifest.get('format')}  "
                    f"scheme {manifest.get('scheme')}")
-        click.echo(f"runtime {manifest['runtime']['name']} >= {manifest['runtime']['min_version']}")
+        rt = manifest.get("runtime", {})
+        click.echo(f"runtime {rt.get('name')} >= {rt.get('min_version')}")
         for kind in ("inputs", "outputs"):
-            for t in manifest[kind]:
-                click.echo(f"  {kind[:-1]:<6} {t['name']:<24} {t['dtype']:<8} {t['shape']}  {t.get('layout', '')}  "
-                           f"scale {t.get('scale')} zero_point {t.get('zero_point')}")
-        prov = manifest["provenance"]
-        click.echo(f"provenance: edgepack {prov['edgepack_version']}, {prov['profile']}, "
-                   f"recipe {prov['recipe_hash'][:12]}, calibration {prov['calibration_data_sha256'][:12]}, "
-                   f"{prov['created_at']}")
+            for t in manifest.get(kind, []):
+                click.echo(f"  {kind[:-1]:<6} {t.get('name'):<24} {t.get('dtype'):<8} {t.get('shape')}  "
+                           f"{t.get('layout', '')}  scale {t.get('scale')} zero_point {t.get('zero_point')}")
+        prov = manifest.get("provenance")
+        if prov:
+            click.echo(f"provenance: edgepack {prov['edgepack_version']}, {prov['profile']}, "
+                       f"recipe {prov['recipe_hash'][:12]}, calibration {prov['calibration_data_sha256'][:12]}, "
+                       f"{prov['created_at']}")
     bad = [f for f, ok in checks if not ok]
     for f, ok in checks:
         click.echo(f"  {'ok' if ok else 'CHANGED':<8} {f}", err=not ok)

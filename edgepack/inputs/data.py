@@ -140,7 +140,22 @@ def _load_images(root: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, l
     return np.stack(xs).astype(np.float32), np.array(ys, np.int64), classes
 
 
-def load_data(spec: str | Path | None, cfg: DataConfig, *, calibration_samples: int) -> Dataset:
+def load_train(spec: str | Path | None, default: bool) -> Split | None:
+    """Training data for the stages that train (distill, prune fine-tuning): the user's
+    --train-data .npz, or for the embedded default its training split (never evaluated on)."""
+    if spec is not None:
+        x, y, _ = _read_npz(Path(spec))
+        return Split(x, y)
+    if default:
+        from .digits import digits_splits
+
+        x, y = digits_splits()["train"]
+        return Split(x.astype(np.float32), y.astype(np.int64))
+    return None
+
+
+def load_data(spec: str | Path | None, cfg: DataConfig, *, calibration_samples: int,
+              train_spec: str | Path | None = None) -> Dataset:
     """Load and split the user's data (or the shipped default when spec is None)."""
     path = Path(spec) if spec is not None else DEFAULT_DATA_DIR
     preprocessing: dict[str, Any] = {}
@@ -174,6 +189,12 @@ def load_data(spec: str | Path | None, cfg: DataConfig, *, calibration_samples: 
     if labels is None or len(labels) < n_classes:
         labels = [str(i) for i in range(n_classes)]
     split = dict(split, calibration=len(cal), evaluation=len(ev))
+    train = load_train(train_spec, default=spec is None)
+    if train is not None:
+        if train.x.shape[1:] != ev.x.shape[1:]:
+            raise UsageError(f"{train_spec}: training samples have shape {train.x.shape[1:]}, "
+                             f"evaluation {ev.x.shape[1:]}")
+        split["train"] = len(train)
+    hashed = [cal.x, cal.y, ev.x, ev.y] + ([train.x, train.y] if train is not None else [])
     return Dataset(calibration=cal, evaluation=ev, labels=labels, preprocessing=preprocessing,
-                   source=str(path), split=split,
-                   sha256=_hash_arrays(cal.x, cal.y, ev.x, ev.y))
+                   source=str(path), split=split, train=train, sha256=_hash_arrays(*hashed))

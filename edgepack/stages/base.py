@@ -41,6 +41,7 @@ class BuildContext:
     progress: Callable[..., Any] | None = None    # progress(description, total) -> advance(n) callable
     log: Callable[[str], None] = print
     workdir: Path | None = None        # set by the runner to the stage's own output folder
+    student_spec: str | None = None    # --student FILE.py:FACTORY (distill), if given
 
 
 class Stage(ABC):

@@ -97,3 +97,15 @@ def get_target(name: str) -> Target:
 def all_targets() -> dict[str, type[Target]]:
     _discover()
     return dict(sorted(REGISTRY.items()))
+
+
+def expand_targets(names: tuple[str, ...] | list[str]) -> list[str]:
+    """`all` means every profile that has an adapter; names keep their order, once each."""
+    from ..config import PROFILES_DIR
+
+    out: list[str] = []
+    for n in names:
+        expanded = ([p.stem for p in sorted(PROFILES_DIR.glob("*.toml")) if p.stem in all_targets()]
+                    if n == "all" else [n])
+        out += [e for e in expanded if e not in out]
+    return out

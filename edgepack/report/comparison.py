@@ -1,0 +1,96 @@
+"""The comparison report of a multi-target build: comparison.json/.md/.png in --out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import atomic_write_json, atomic_write_text
+
+SCHEMA = "edgepack.comparison/1"
+
+
+def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for res in results:
+        r = res.get("report")
+        if r is None:
+            rows.append({"target": res["target"], "status": "failed", "exit_code": res["exit_code"],
+                         "error": res["error"]})
+            continue
+        host = next((d for d in r["devices"] if d["name"] == "host" and "error" not in d), None)
+        ref_host = next((d for d in (r["reference"] or {}).get("devices", [])
+                         if d["name"] == "host" and "error" not in d), None)
+        rows.append({
+            "target": r["target"], "status": "passed" if r["passed"] else "gate failed",
+            "exit_code": res["exit_code"], "bundle": res.get("bundle"),
+            "format": r["artifact"]["format"], "scheme": r["artifact"]["scheme"],
+            "size_bytes": r["artifact"]["size_bytes"], "accuracy": r["accuracy"]["value"],
+            "drop_pp": r["accuracy"]["drop_pp"], "p50_ms": host and host["latency_ms"]["p50"],
+            "reference": r["reference"] and {"size_bytes": r["reference"]["size_bytes"],
+                                             "accuracy": r["reference"]["accuracy"],
+                                             "p50_ms": ref_host and ref_host["latency_ms"]["p50"]},
+            "ratios": r["ratios"], "teacher_accuracy": r["accuracy"]["teacher"],
+            "notes": r["notes"]})
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], plot: str | None) -> str:
+    lines = ["# Target comparison", "",
+             "| target | status | size KiB | accuracy % | drop pp | host p50 ms | size × vs FP32 | p50 × vs FP32 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        if row["status"] == "failed":
+            lines.append(f"| {row['target']} | failed (exit {row['exit_code']}): {row['error']} | | | | | | |")
+            continue
+        ratios = row["ratios"]
+        lat = ratios.get("latency_p50", {}).get("host")
+        lines.append(f"| {row['target']} | {row['status']} | {row['size_bytes'] / 1024:,.1f} | {row['accuracy']:.2f} | "
+                     f"{row['drop_pp']:+.2f} | {row['p50_ms'] or float('nan'):.3f} | "
+                     f"{ratios.get('size') or float('nan'):.2f} | {lat or float('nan'):.2f} |")
+    refs = [(r["target"], r["reference"]) for r in rows if r.get("reference")]
+    if refs:
+        lines += ["", "FP32 references (the teacher converted by each target, quantization off):", ""]
+        for t, ref in refs:
+            p50 = f"{ref['p50_ms']:.3f} ms" if ref.get("p50_ms") else "–"
+            lines.append(f"- {t}: {ref['size_bytes'] / 1024:,.1f} KiB, {ref['accuracy']:.2f} %, host p50 {p50}")
+    if plot:
+        lines += ["", f"![{plot}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
+    ok = [r for r in rows if r["status"] != "failed" and r.get("p50_ms")]
+    if not ok:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in ok:
+        size_kib = r["size_bytes"] / 1024
+        ax.scatter(r["p50_ms"], r["accuracy"], s=40 + 8 * size_kib ** 0.5, alpha=0.75, label=r["target"])
+        ax.annotate(f"{r['target']}\n{size_kib:,.0f} KiB", (r["p50_ms"], r["accuracy"]), fontsize=8,
+                    xytext=(6, 4), textcoords="offset points")
+        ref = r.get("reference")
+        if ref and ref.get("p50_ms"):
+            ax.scatter(ref["p50_ms"], ref["accuracy"], marker="x", color="grey")
+            ax.annotate(f"FP32 ({r['target']})", (ref["p50_ms"], ref["accuracy"]), fontsize=7, color="grey",
+                        xytext=(6, -10), textcoords="offset points")
+    ax.set_xlabel("host p50 latency (ms)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs latency per target (marker area ~ size; x = FP32 reference)")
+    fig.tight_layout()
+    fig.savefig(folder / "comparison.png", dpi=110)
+    plt.close(fig)
+    return "comparison.png"
+
+
+def write_comparison(out: Path, results: list[dict[str, Any]]) -> Path:
+    rows = comparison_rows(results)
+    plot = _plot(rows, out)
+    atomic_write_json(out / "comparison.json", {"schema": SCHEMA, "targets": rows,
+                                                "exit_code": max((r["exit_code"] for r in rows), default=0)})
+    atomic_write_text(out / "comparison.md", _markdown(rows, plot))
+    return out / "comparison.md"

@@ -1,0 +1,187 @@
+"""distill: knowledge distillation from the FP32 teacher into a smaller student.
+
+The student is given (`--student FILE.py:FACTORY`, or `distill.student` in the project
+file) or derived from the teacher by a width multiplier: uniform structured channel
+pruning through Torch-Pruning's dependency graph keeps the most important
+`student_width` of every layer's channels (and their weights, a far better start than
+random ones), then KD training recovers what was lost.
+
+Loss: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels), plus
+optional feature hints (MSE through a learned 1x1 adapter, or cosine). Trained on the
+training split only; a validation slice carved from it picks the best epoch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ..artifacts import Artifact
+from ..errors import ConversionError, EdgepackError, UsageError
+from ..torchmodel import load_module, save_module
+from ..training import (Hint, HintConfig, TrainingConfig, derive_by_width, find_layer, make_adapter,
+                        model_metrics, teacher_logits, train_kd, training_data)
+from .base import BuildContext, Stage, StageResult
+
+
+class DistillConfig(TrainingConfig):
+    enabled: bool = True
+    student: str | None = None                       # FILE.py:FACTORY; --student wins over it
+    student_width: float = Field(0.5, gt=0, le=1)   # derived student: fraction of channels kept per layer
+    hints: tuple[HintConfig, ...] = ()               # [{teacher = "layer2", student = "layer2", loss = "mse"}]
+    hint_weight: float = Field(1.0, ge=0)
+    epochs: int = Field(30, ge=0)
+
+
+class DistillStage(Stage):
+    name = "distill"
+    order = 10
+    config_model = DistillConfig
+
+    def __init__(self) -> None:
+        self._student: Any = None      # the given student's LoadedModel, loaded once per build
+
+    # -- what the student is ---------------------------------------------------------
+    def _student_field(self, config: DistillConfig, ctx: BuildContext) -> tuple[str | None, str]:
+        if ctx.student_spec:
+            return ctx.student_spec, "--student"
+        return config.student, "distill.student"
+
+    def _given_student(self, config: DistillConfig, ctx: BuildContext) -> Any:
+        spec, field_name = self._student_field(config, ctx)
+        if spec is None:
+            return None
+        if self._student is None or self._student.spec != spec:
+            from ..inputs.model import load_model
+
+            try:
+                self._student = load_model(spec)
+            except UsageError as e:
+                raise UsageError(f"{field_name}: {e}") from None
+        return self._student
+
+    def check(self, config: DistillConfig, ctx: BuildContext) -> None:
+        """Everything about this stage's input that can be wrong, before any training."""
+        import torch
+
+        training_data(ctx.data, config, self.section)
+        example = torch.from_numpy(np.ascontiguousarray(ctx.data.evaluation.x[:2]))
+        teacher = ctx.teacher.module
+        teacher.eval()
+        with torch.no_grad():
+            t_shape = tuple(teacher(example).shape)
+        given = self._given_student(config, ctx)
+        if given is None:
+            from ..training import check_width
+
+            check_width(teacher, example, config.student_width, "distill.student_width")
+            return
+        spec, field_name = self._student_field(config, ctx)
+        try:
+            with torch.no_grad():
+                s_out = given.module.eval()(example)
+        except Exception as e:
+            raise UsageError(f"{field_name} {spec}: forward fails on input of shape {tuple(example.shape)}: "
+                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        s_shape = tuple(s_out.shape) if isinstance(s_out, torch.Tensor) else type(s_out).__name__
+        if s_shape != t_shape:
+            raise UsageError(f"{field_name} {spec}: output shape {s_shape} differs from the teacher's {t_shape}")
+
+    def cache_key_extra(self, config: DistillConfig, ctx: BuildContext) -> dict[str, Any]:
+        # Checked here, before the cache lookup, so that bad input exits 2 on a cached build too.
+        self.check(config, ctx)
+        given = self._given_student(config, ctx)
+        return {"teacher": ctx.teacher.sha256,
+                "student": None if given is None else {"spec": given.spec, "sha256": given.sha256}}
+
+    # -- the work ---------------------------------------------------------------------
+    def run(self, artifact: Artifact, config: DistillConfig, ctx: BuildContext) -> StageResult:
+        import torch
+
+        self.check(config, ctx)
+        teacher = ctx.teacher.module.eval()
+        example = torch.from_numpy(np.ascontiguousarray(ctx.data.evaluation.x[:2]))
+        given = self._given_student(config, ctx)
+        notes = []
+        if given is not None:
+            import copy
+
+            student = copy.deepcopy(given.module)
+            origin = {"kind": "given", "spec": given.spec}
+        else:
+            student = derive_by_width(load_module(artifact), example, config.student_width, "distill.student_width")
+            origin = {"kind": "derived", "width": config.student_width, "method": "uniform L2 channel pruning"}
+        self._check_export(student, ctx)
+
+        hints = self._hints(config, teacher, student, example)
+        td = training_data(ctx.data, config, self.section)
+        before = model_metrics(student, ctx.data, teacher_out=None)
+        report = train_kd(student, teacher, td, config, hints=hints, hint_weight=config.hint_weight,
+                          teacher_out=teacher_logits(teacher, td.x), progress=ctx.progress, label="distill")
+        t_eval = np.load(ctx.results["reference"].extras["teacher_outputs"].path) if "reference" in ctx.results else None
+        metrics = model_metrics(student, ctx.data, teacher_out=t_eval)
+        metrics.update(student=origin, accuracy_before_training=before["accuracy"],
+                       train_samples=len(td.y), val_samples=len(td.val_y),
+                       hints=[h.model_dump() for h in config.hints], **report.metrics())
+        t_params = ctx.results["reference"].metrics.get("params") if "reference" in ctx.results else None
+        what = f"given by {given.spec}" if given is not None else f"derived from the teacher at width {config.student_width}"
+        notes.append(f"distill: student {what}: {metrics['params']:,} params"
+                     + (f" ({t_params / metrics['params']:.1f}x fewer than the teacher)" if t_params else "")
+                     + f", best validation accuracy {report.best_val_accuracy}% at epoch {report.best_epoch}/{config.epochs}")
+        art = save_module(student, ctx.workdir / "model.pt")
+        return StageResult(art, metrics, notes=notes)
+
+    def _hints(self, config: DistillConfig, teacher: Any, student: Any, example: Any) -> list[Hint]:
+        import torch
+
+        from ..training import FeatureTaps
+
+        hints = []
+        for i, h in enumerate(config.hints):
+            find_layer(teacher, h.teacher, f"distill.hints[{i}].teacher", "teacher")
+            find_layer(student, h.student, f"distill.hints[{i}].student", "student")
+            hints.append(Hint(h.teacher, h.student, h.loss))
+        if not hints:
+            return hints
+        s_taps = FeatureTaps(student, [h.student for h in hints])
+        t_taps = FeatureTaps(teacher, [h.teacher for h in hints])
+        try:
+            with torch.no_grad():
+                student.eval()(example)
+                teacher(example)
+            for i, h in enumerate(hints):
+                s, t = s_taps.out[h.student], t_taps.out[h.teacher]
+                if s.ndim != t.ndim or s.ndim not in (2, 4):
+                    raise UsageError(f"distill.hints[{i}]: student {h.student} gives shape {tuple(s.shape)}, "
+                                     f"teacher {h.teacher} {tuple(t.shape)}: a hint needs (N, C) or (N, C, H, W) on both")
+                h.adapter = make_adapter(s, t)
+        finally:
+            s_taps.close()
+            t_taps.close()
+        torch.manual_seed(config.seed)
+        for h in hints:
+            if h.adapter is not None:
+                torch.nn.init.kaiming_uniform_(h.adapter.weight, a=5 ** 0.5)
+        return hints
+
+    def _check_export(self, student: Any, ctx: BuildContext) -> None:
+        """The target's own export, on the untrained student: fail here, naming the op,
+        rather than after minutes of training or in a later stage."""
+        folder = ctx.workdir / "export-check"
+        try:
+            ctx.target.export(student, ctx.data.evaluation.x[:1], folder,
+                                         opset=ctx.settings.export.opset)
+        except EdgepackError as e:
+            raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}: {e}") from None
+        except Exception as e:
+            from ..targets._onnx import _unsupported_op
+
+            op = _unsupported_op(str(e))
+            raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}"
+                                  + (f": operator {op} is not supported" if op else "")
+                                  + f": {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        finally:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)

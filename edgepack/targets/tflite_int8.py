@@ -1,0 +1,294 @@
+"""tflite-int8: ONNX -> onnx2tf (a channel-last Keras model) -> TFLiteConverter -> .tflite.
+
+onnx2tf does what it is best at, rewriting the NCHW ONNX graph as an NHWC TensorFlow
+graph, and nothing else: `disable_model_save=True` makes it hand back the Keras model
+without writing any file, and we run TensorFlow's TFLiteConverter once, with exactly
+the scheme asked for. Left to itself, onnx2tf 1.28 would instead
+  - write seven .tflite files (float32, float16, dynamic range, int8 with float I/O,
+    full int8, and two int16-activation variants) and calibrate four times;
+  - allow TF Select ("Flex") ops, so an op without a TFLite kernel becomes a model
+    that tflite-runtime and LiteRT's stock interpreter cannot load — we allow TFLite
+    builtins only, so such an op fails here, at build time, with its name;
+  - only warn when a quantized conversion fails, leaving its file missing.
+
+Input layout: NHWC, TFLite's native layout (no Transpose op before the first conv,
+and onnx2tf's main, best-tested path). meta["layout"] says so; Target.to_model_layout
+transposes NCHW data for it. Inputs of another rank keep their ONNX shape.
+
+onnx2tf quirks this module works around (1.28.8):
+  - it rewrites the ONNX file it is given (op renaming), so it gets a copy;
+  - for an RGB NHWC input it downloads sample images from GitHub for its internal
+    checks, and fails offline (PINTO0309/onnx2tf#932): we hand it our calibration
+    images instead;
+  - it sets CUDA_VISIBLE_DEVICES=-1 for the whole process: restored afterwards;
+  - it calls sys.exit() on some errors: caught and turned into ConversionError;
+  - importing it seeds Python's, NumPy's and TensorFlow's global RNGs with 0.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from ..artifacts import Artifact, atomic_write_bytes
+from ..errors import ConversionError, UsageError
+from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
+from .base import Target
+
+_IO_DTYPES = ("int8", "uint8", "float32")
+_ONNX_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# What to do about TF ops that have no TFLite builtin kernel, where there is a known way out.
+_FLEX_HINTS = {
+    "Erf": "exact GELU becomes Erf below ONNX opset 20: set export.opset = 20 (ONNX Gelu, TFLite GELU) "
+           "or use GELU(approximate='tanh')",
+}
+
+
+class TfliteInt8(Target):
+    name = "tflite-int8"
+    format = "tflite"
+    runtime = "ai-edge-litert"
+    runtime_min_version = "2.3"
+    # What else loads these files: the manifest lists it (tflite-runtime is what ARM boards run).
+    runtime_alternatives: ClassVar[tuple[dict[str, str], ...]] = ({"name": "tflite-runtime", "min_version": "2.14"},)
+    # onnx2tf declares no dependencies: onnx_graphsurgeon and sng4onnx are what it imports.
+    requires = ("onnx2tf", "onnx_graphsurgeon", "sng4onnx", "tensorflow", "tf_keras", "ai_edge_litert", "onnx",
+                "onnxruntime")
+    quantizer: ClassVar[str] = "TFLiteConverter post-training quantization (representative dataset)"
+
+    # -- convert ----------------------------------------------------------------
+    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
+                *, progress: Any = None) -> Artifact:
+        self.check_scheme(quantize.scheme)
+        if exported.kind != "onnx":
+            raise UsageError(f"target {self.name!r} converts from ONNX, got a {exported.kind!r} artifact ({exported.path})")
+        scheme = quantize.scheme
+        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
+        if scheme == "int8" and len(calib) == 0:
+            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
+        io = quantize.io if scheme == "int8" else "float32"
+        notes = []
+        if io != quantize.io:
+            notes.append(f"quantize.io = {quantize.io!r} applies to full-integer models only; "
+                         f"scheme {scheme!r} keeps float32 input and output")
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        advance = progress(f"{self.name}: convert ({scheme})", 2) if progress else (lambda n=1: None)
+        work = Path(tempfile.mkdtemp(prefix=".onnx2tf-", dir=out_dir))
+        try:
+            model, layout = _onnx_to_keras(exported.path, calib, work)
+            advance(1)
+            model_layout_calib = _to_layout(calib, layout)
+            data = _to_tflite(model, scheme, quantize.per_channel, io, model_layout_calib)
+            dest = out_dir / "model.tflite"
+            atomic_write_bytes(dest, data)
+            advance(1)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        meta: dict[str, Any] = {"layout": layout, "scheme": scheme, "io": io}
+        if scheme != "none":
+            meta["per_channel"] = bool(quantize.per_channel)
+        if scheme == "int8":
+            meta["calibration_samples"] = int(len(calib))
+        if notes:
+            meta["notes"] = notes
+        return Artifact.from_file("tflite", dest, **meta)
+
+    # -- inspect ----------------------------------------------------------------
+    def io_details(self, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(artifact.path))
+        in_names, out_names = _signature_names(interpreter)
+        layout = artifact.meta.get("layout", "NHWC")
+        return {
+            "inputs": [_tensor_entry(d, in_names, layout) for d in interpreter.get_input_details()],
+            "outputs": [_tensor_entry(d, out_names, "NC" if len(d["shape"]) == 2 else None)
+                        for d in interpreter.get_output_details()],
+        }
+
+
+# -- ONNX -> Keras (onnx2tf) ------------------------------------------------------
+
+def _onnx_to_keras(onnx_path: Path, calib_nchw: np.ndarray, work: Path) -> tuple[Any, str]:
+    """Run onnx2tf in `work`; return (Keras model, input layout)."""
+    import onnx
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow's first import
+    rank = _input_rank(onnx.load(str(onnx_path), load_external_data=False))
+    layout = "NHWC" if rank == 4 else _ONNX_LAYOUTS.get(rank, "N" + "?" * (rank - 1))
+    onnx_copy = work / "model.onnx"
+    shutil.copyfile(onnx_path, onnx_copy)      # onnx2tf rewrites its input file in place
+    kwargs: dict[str, Any] = {}
+    sample = None
+    if len(calib_nchw):
+        # onnx2tf checks its layout rewrites by running ONNX and TF on this (first) sample.
+        sample = _to_layout(calib_nchw[:1], layout)
+        np.save(work / "sample.npy", sample)
+        kwargs["custom_input_op_name_np_data_path"] = [[INPUT_NAME, str(work / "sample.npy"), 0.0, 1.0]]
+    if rank != 4:
+        kwargs["keep_shape_absolutely_input_names"] = [INPUT_NAME]
+
+    cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with quiet() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import onnx2tf
+            import onnx2tf.onnx2tf as onnx2tf_impl
+            import tf_keras
+            from unittest import mock
+
+            # Keras numbers its layers process-wide ("tf.nn.convolution_74") and those names end
+            # up in the .tflite: resetting the counters makes the file depend on the model only.
+            tf_keras.backend.clear_session()
+
+            images = sample if sample is not None and sample.shape[-1] == 3 else np.zeros((1, 32, 32, 3), np.float32)
+            # Its RGB self-test data comes from GitHub; offline that fails (onnx2tf#932). Ours will do.
+            with mock.patch.object(onnx2tf_impl, "download_test_image_data", lambda: images):
+                model = onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_copy),
+                    output_folder_path=str(work / "saved_model"),
+                    disable_model_save=True,      # just the Keras model: we run the TFLite converter ourselves
+                    output_signaturedefs=True,    # op names as for a saved model (no leading "/")
+                    not_use_onnxsim=True,         # onnxsim is not installed; it would only warn
+                    non_verbose=True,
+                    verbosity="error",
+                    **kwargs,
+                )
+        except (Exception, SystemExit) as e:
+            raise ConversionError(_onnx2tf_failure(e, log.text, onnx_copy)) from None
+        finally:
+            if cuda_visible is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
+    return model, layout
+
+
+def _input_rank(graph: Any) -> int:
+    initializers = {i.name for i in graph.graph.initializer}
+    inputs = [i for i in graph.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ConversionError(f"target 'tflite-int8' converts models with one input; this ONNX model has "
+                              f"{len(inputs)} ({', '.join(i.name for i in inputs)})")
+    return len(inputs[0].type.tensor_type.shape.dim)
+
+
+def _to_layout(x_nchw: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "NHWC":
+        return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+    return x_nchw
+
+
+def _onnx2tf_failure(e: BaseException, log: str, onnx_copy: Path) -> str:
+    log = _ANSI.sub("", log)
+    op = None
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("onnx2tf.ops."):
+        op = f"ONNX op {e.name.rsplit('.', 1)[1]} (onnx2tf has no converter for it)"
+    elif m := re.search(r"(\w+) OP is not yet implemented", log):
+        op = f"ONNX op {m.group(1)} (onnx2tf has no converter for it)"
+    elif node := getattr(e, "onnx_op_name", None):
+        op = f"ONNX op {_op_type(onnx_copy, node) or '?'} (node {re.sub('^wa/', '/', node)})"
+    if isinstance(e, SystemExit):
+        errors = [line.removeprefix("ERROR:").strip() for line in log.splitlines() if line.startswith("ERROR:")]
+        detail = errors[-1] if errors else f"onnx2tf exited with status {e.code}"
+    else:
+        detail = (_ANSI.sub("", str(e)).strip().splitlines() or [type(e).__name__])[0]
+    return f"onnx2tf cannot convert the ONNX model{': ' + op if op else ''}: {detail}"
+
+
+def _op_type(onnx_path: Path, node_name: str) -> str | None:
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:
+        return None
+    wanted = {node_name, re.sub("^wa/", "/", node_name), node_name.replace("__", ":")}
+    return next((n.op_type for n in graph.node if n.name in wanted), None)
+
+
+# -- Keras -> TFLite ------------------------------------------------------------------
+
+def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec(t.shape, t.dtype, name=INPUT_NAME) for t in model.inputs]
+    # A dict result names the signature's output "output", as in the ONNX model.
+    function = tf.function(lambda x: {OUTPUT_NAME: model(x)}, input_signature=spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]   # no Flex ops: see the module doc
+    if scheme in ("int8", "dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter._experimental_disable_per_channel = not per_channel   # what onnx2tf's quant_type sets
+    if scheme == "int8":
+        def representative_dataset() -> Iterator[list[np.ndarray]]:
+            for i in range(len(calib)):
+                yield [calib[i:i + 1]]
+
+        converter.representative_dataset = representative_dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
+    with quiet() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return converter.convert()
+        except Exception as e:
+            raise ConversionError(_converter_failure(e, log.text, scheme)) from None
+
+
+def _converter_failure(e: BaseException, log: str, scheme: str) -> str:
+    text = _ANSI.sub("", f"{e}\n{log}")
+    ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
+    for listed in re.findall(r"TF Select ops: ([\w, ]+)", text):
+        ops.update(op.strip() for op in listed.split(",") if op.strip())
+    if ops:
+        hints = "".join(f"; {op}: {_FLEX_HINTS[op]}" for op in sorted(ops) if op in _FLEX_HINTS)
+        return (f"TFLite has no builtin kernel for the TensorFlow op(s) {', '.join(sorted(ops))} that onnx2tf "
+                f"made from the model; they would need TF Select (Flex) ops, which tflite-runtime and "
+                f"LiteRT's stock interpreter cannot run{hints}")
+    if m := re.search(r"'tfl\.(\w+)' op", text):
+        return f"TFLite converter ({scheme}) fails on op {m.group(1).upper()}: {_first_error_line(text)}"
+    return f"TFLite converter ({scheme}) failed: {_first_error_line(text)}"
+
+
+def _first_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if "error" in line.lower()]
+    return (lines or [text.strip().splitlines()[0] if text.strip() else "unknown error"])[0][:500]
+
+
+# -- io_details helpers ---------------------------------------------------------------
+
+def _signature_names(interpreter: Any) -> tuple[dict[int, str], dict[int, str]]:
+    """Tensor index -> signature name ("input", "output"), when the file has a signature."""
+    try:
+        runner = interpreter.get_signature_runner()
+        ins = {d["index"]: name for name, d in runner.get_input_details().items()}
+        outs = {d["index"]: name for name, d in runner.get_output_details().items()}
+        return ins, outs
+    except Exception:      # a file without signatures: tensor names only
+        return {}, {}
+
+
+def _tensor_entry(d: dict[str, Any], names: dict[int, str], layout: str | None) -> dict[str, Any]:
+    scale, zero_point = d.get("quantization", (0.0, 0))
+    quantized = bool(scale)
+    return {
+        "name": names.get(d["index"], d["name"]),
+        "tensor_name": d["name"],
+        "index": int(d["index"]),
+        "shape": [int(s) for s in d["shape"]],
+        "dtype": np.dtype(d["dtype"]).name,
+        "layout": layout,
+        "scale": float(scale) if quantized else None,
+        "zero_point": int(zero_point) if quantized else 0,
+    }

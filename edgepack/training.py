@@ -1,0 +1,486 @@
+"""Torch helpers shared by the stages that train (distill, prune, lowrank).
+
+What lives here and why: knowledge-distillation losses, feature hints, the seeded
+training loop with a validation slice and best-checkpoint selection, BatchNorm
+re-estimation, and the two Torch-Pruning calls (uniform width, DepGraph channel
+pruning) that both distill and prune make. Stages never import each other; they
+import this.
+
+Every check of user input raises UsageError naming the profile field at fault.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .config import Section
+from .errors import UsageError
+
+
+# -- the settings every training stage shares -----------------------------------
+
+class HintConfig(Section):
+    """One feature hint: a teacher layer whose output the student layer should match."""
+
+    teacher: str
+    student: str
+    loss: Literal["mse", "cosine"] = "mse"
+
+
+class TrainingConfig(Section):
+    """Fields of a stage that trains by KD. Stages subclass it and set their own defaults."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=2)            # BatchNorm needs 2+ samples per batch
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle", "step", "constant"] = "cosine"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)      # weight of the soft (KD) term; 1 - alpha on the labels
+    val_fraction: float = Field(0.1, gt=0, lt=1)   # carved from training data for model selection
+    seed: int = 0
+
+
+# -- losses ---------------------------------------------------------------------
+
+def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float) -> Any:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels).
+
+    KL is averaged over the batch (`batchmean`, the true KL per sample); T^2 keeps the
+    soft term's gradient scale independent of T (Hinton et al., 2015).
+    """
+    import torch.nn.functional as F
+
+    t = temperature
+    log_ps = F.log_softmax(student_logits / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits / t, dim=1)
+    kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
+    ce = F.cross_entropy(student_logits, labels) if alpha < 1 else student_logits.new_zeros(())
+    return alpha * t * t * kl + (1 - alpha) * ce
+
+
+def hint_loss(kind: str, student_feat: Any, teacher_feat: Any) -> Any:
+    """MSE, or 1 - cosine similarity of the flattened per-sample hidden states."""
+    import torch.nn.functional as F
+
+    if kind == "mse":
+        return F.mse_loss(student_feat, teacher_feat)
+    s = student_feat.flatten(1)
+    t = teacher_feat.flatten(1)
+    return (1 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean()
+
+
+# -- layers by name ---------------------------------------------------------------
+
+def find_layer(model: Any, name: str, field_name: str, whose: str) -> Any:
+    """model's submodule `name`, or UsageError naming the field and the nearest names."""
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if name in modules:
+        return modules[name]
+    near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
+    hint = f"near matches: {', '.join(near)}" if near else f"layers: {', '.join(list(modules)[:12])}"
+    raise UsageError(f"{field_name} = {name!r}: no layer of that name in the {whose} ({hint})")
+
+
+class FeatureTaps:
+    """Forward hooks that keep the output of named layers of one model."""
+
+    def __init__(self, model: Any, names: Iterable[str]):
+        self.out: dict[str, Any] = {}
+        modules = dict(model.named_modules())
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(_module: Any, _inp: Any, output: Any) -> None:
+            self.out[name] = output[0] if isinstance(output, (tuple, list)) else output
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def make_adapter(student_feat: Any, teacher_feat: Any) -> Any:
+    """A learned 1x1 projection from the student's channels to the teacher's (FitNets),
+    or None when they already agree. Spatial sizes are matched by pooling in `adapt`."""
+    from torch import nn
+
+    s_ch, t_ch = student_feat.shape[1], teacher_feat.shape[1]
+    if s_ch == t_ch:
+        return None
+    if student_feat.ndim == 4:
+        return nn.Conv2d(s_ch, t_ch, kernel_size=1, bias=False)
+    return nn.Linear(s_ch, t_ch, bias=False)
+
+
+def adapt(student_feat: Any, teacher_feat: Any, adapter: Any) -> Any:
+    import torch.nn.functional as F
+
+    s = adapter(student_feat) if adapter is not None else student_feat
+    if s.ndim == 4 and s.shape[-2:] != teacher_feat.shape[-2:]:
+        s = F.adaptive_avg_pool2d(s, teacher_feat.shape[-2:])
+    return s
+
+
+# -- data -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainData:
+    x: np.ndarray
+    y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+
+
+def training_data(data: Any, cfg: TrainingConfig, section: str) -> TrainData:
+    """The training split, checked, with a stratified seeded validation slice carved off.
+
+    The evaluation split never enters: it is a different array (ctx.data.evaluation)."""
+    train = getattr(data, "train", None)
+    if train is None or len(train) == 0:
+        raise UsageError(f"{section}: needs training data and there is none: give --train-data FILE.npz "
+                         f"(x, y; never the evaluation data) or set {section}.enabled = false")
+    n_classes = len(data.labels)
+    y = train.y
+    if (y >= n_classes).any():
+        bad = int(y[y >= n_classes][0])
+        raise UsageError(f"--train-data: label {bad} is not one of the {n_classes} labels of the data")
+    missing = sorted(set(range(n_classes)) - set(np.unique(y).tolist()))
+    if missing:
+        names = ", ".join(data.labels[i] for i in missing[:10])
+        raise UsageError(f"--train-data: class(es) {names} have no training samples; every label needs some "
+                         f"for {section} to learn it")
+    rng = np.random.default_rng(cfg.seed)
+    val_idx = []
+    for c in range(n_classes):
+        idx = np.flatnonzero(y == c)
+        k = int(round(len(idx) * cfg.val_fraction))
+        if len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)   # every class in both parts when it has 2+ samples
+        else:
+            k = 0
+        val_idx.extend(rng.permutation(idx)[:k].tolist())
+    val = np.zeros(len(y), bool)
+    val[val_idx] = True
+    n_train = int((~val).sum())
+    if n_train < cfg.batch_size:
+        raise UsageError(f"{section}.batch_size = {cfg.batch_size}: only {n_train} training samples remain after "
+                         f"the validation slice ({section}.val_fraction = {cfg.val_fraction}); give more with "
+                         f"--train-data or lower {section}.batch_size")
+    return TrainData(train.x[~val], y[~val], train.x[val], y[val])
+
+
+# -- the loop ---------------------------------------------------------------------
+
+@dataclass
+class Hint:
+    teacher: str
+    student: str
+    loss: str
+    adapter: Any = None
+
+
+@dataclass
+class TrainReport:
+    epochs: int = 0
+    best_epoch: int = 0
+    best_val_accuracy: float | None = None
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch, "val_accuracy": self.best_val_accuracy,
+                "train_seconds": round(self.seconds, 2), "history": self.history}
+
+
+def _optimizer(params: list, cfg: TrainingConfig) -> Any:
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(opt: Any, cfg: TrainingConfig, steps: int) -> Any:
+    from torch.optim import lr_scheduler as ls
+
+    if cfg.schedule == "cosine":
+        return ls.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 0.01)
+    if cfg.schedule == "onecycle":
+        return ls.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.2)
+    if cfg.schedule == "step":
+        return ls.MultiStepLR(opt, milestones=[int(steps * 0.5), int(steps * 0.75)], gamma=0.1)
+    return ls.LambdaLR(opt, lambda _: 1.0)
+
+
+def _outputs(model: Any, x: np.ndarray, batch: int = 512) -> Any:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
+                          for i in range(0, len(x), batch)])
+
+
+def teacher_logits(teacher: Any, x: np.ndarray) -> Any:
+    """The teacher's outputs, once: training uses no augmentation, so they never change."""
+    return _outputs(teacher, x).float()
+
+
+def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *,
+             hints: list[Hint] | None = None, hint_weight: float = 0.0, teacher_out: Any = None,
+             progress: Any = None, label: str = "train") -> TrainReport:
+    """Train `student` in place by KD from `teacher`; keep the weights of the epoch with the
+    best validation accuracy (ties: lower validation loss). Seeded: the same inputs give
+    the same weights."""
+    import torch
+
+    report = TrainReport(epochs=cfg.epochs)
+    if cfg.epochs == 0:
+        return report
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    t_all = teacher_out if teacher_out is not None else teacher_logits(teacher, data.x)
+    val_t = teacher_logits(teacher, data.val_x)
+    val_y = torch.from_numpy(data.val_y)
+    hints = hints or []
+    s_taps = FeatureTaps(student, [h.student for h in hints]) if hints else None
+    t_taps = FeatureTaps(teacher, [h.teacher for h in hints]) if hints else None
+    params = list(student.parameters()) + [p for h in hints if h.adapter is not None for p in h.adapter.parameters()]
+    opt = _optimizer(params, cfg)
+    steps_per_epoch = len(x) // cfg.batch_size           # drop_last: BatchNorm never sees a 1-sample batch
+    sched = _scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
+    teacher.eval()
+    best: tuple[float, float] | None = None
+    best_state = None
+    t0 = time.perf_counter()
+    bar = epoch_bar(progress, label, cfg.epochs)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            student.train()
+            for h in hints:
+                h.adapter is not None and h.adapter.train()
+            order = torch.randperm(len(x), generator=gen)
+            total, n = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                xb, yb = x[idx], y[idx]
+                out = student(xb)
+                loss = kd_loss(out, t_all[idx], yb, cfg.temperature, cfg.alpha)
+                if hints:
+                    with torch.no_grad():
+                        teacher(xb)
+                    hl = sum(hint_loss(h.loss, adapt(s_taps.out[h.student], t_taps.out[h.teacher], h.adapter),
+                                       t_taps.out[h.teacher]) for h in hints)
+                    loss = loss + hint_weight * hl / len(hints)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss) * len(idx)
+                n += len(idx)
+            val_out = _outputs(student, data.val_x)
+            val_acc = float((val_out.argmax(1) == val_y).float().mean() * 100)
+            val_loss = float(kd_loss(val_out, val_t, val_y, cfg.temperature, cfg.alpha))
+            report.history.append({"epoch": epoch, "loss": round(total / max(n, 1), 5),
+                                   "val_accuracy": round(val_acc, 3), "val_loss": round(val_loss, 5)})
+            if best is None or (val_acc, -val_loss) > best:
+                best = (val_acc, -val_loss)
+                best_state = copy.deepcopy(student.state_dict())
+                report.best_epoch, report.best_val_accuracy = epoch, round(val_acc, 3)
+            bar(loss=total / max(n, 1), val_acc=val_acc)
+    finally:
+        bar.close()
+        for taps in (s_taps, t_taps):
+            taps is not None and taps.close()
+    student.load_state_dict(best_state)
+    student.eval()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# -- progress ---------------------------------------------------------------------
+
+class epoch_bar:
+    """One tick per epoch with loss and validation accuracy.
+
+    Through ctx.progress when the runner set one (progress(description, total) returns
+    advance(n, **fields)); else a rich bar that is quiet when stdout is not a terminal."""
+
+    def __init__(self, progress: Any, label: str, total: int):
+        self._rich = None
+        if progress is not None:
+            self._advance = progress(label, total)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._rich = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("loss {task.fields[loss]}  val acc {task.fields[val_acc]}"),
+                              TimeElapsedColumn(), disable=not sys.stdout.isatty(), transient=True)
+        self._task = self._rich.add_task(label, total=total, loss="-", val_acc="-")
+        self._rich.start()
+
+    def __call__(self, *, loss: float, val_acc: float) -> None:
+        if self._rich is not None:
+            self._rich.update(self._task, advance=1, loss=f"{loss:.4f}", val_acc=f"{val_acc:.2f}%")
+            return
+        try:
+            self._advance(1, loss=round(loss, 4), val_acc=round(val_acc, 2))
+        except TypeError:          # an advance(n) that takes no fields
+            self._advance(1)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+# -- BatchNorm --------------------------------------------------------------------
+
+def reestimate_bn(model: Any, x: np.ndarray, batch_size: int = 128, max_samples: int = 2048) -> int:
+    """Recompute BatchNorm running statistics from scratch on `x` (a cumulative mean over
+    the batches, not an EMA): after pruning, the old statistics describe channels
+    that are gone or inputs that changed. Returns how many BN layers were updated."""
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        xs = x[:max_samples]
+        for i in range(0, len(xs), batch_size):
+            xb = xs[i:i + batch_size]
+            if len(xb) > 1:
+                model(torch.from_numpy(np.ascontiguousarray(xb)))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+    return len(bns)
+
+
+# -- Torch-Pruning ----------------------------------------------------------------
+
+def output_layers(model: Any, example: Any) -> list[Any]:
+    """The layer(s) that produce the model's outputs (the classifier): never pruned, so the
+    number of outputs stays the teacher's. Found by running the model: the last Conv or
+    Linear executed whose output width is the model's."""
+    import torch
+    from torch import nn
+
+    seen: list[Any] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(mod))
+             for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    width = out.shape[1]
+    for m in reversed(seen):
+        if getattr(m, "out_features", getattr(m, "out_channels", None)) == width:
+            return [m]
+    return seen[-1:]
+
+
+def importance(criterion: str) -> Any:
+    import torch_pruning as tp
+
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+
+
+def check_width(model: Any, example: Any, width: float, field_name: str) -> None:
+    """UsageError when keeping `width` of a layer's channels leaves it none."""
+    from torch import nn
+
+    ignored = set(output_layers(model, example))
+    for name, m in model.named_modules():
+        if m in ignored or not isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)):
+            continue
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+            continue    # depthwise: follows its producer
+        ch = m.out_channels if hasattr(m, "out_channels") else m.out_features
+        if int(ch * width) < 1:
+            raise UsageError(f"{field_name} = {width}: leaves layer {name!r} ({ch} channels) with no channels "
+                             f"(needs at least {1 / ch:.3g})")
+
+
+def channel_pruner(model: Any, example: Any, *, ratio: float, criterion: str = "l2", global_pruning: bool = False,
+                   steps: int = 1, max_layer_ratio: float = 0.9, round_to: int | None = None) -> Any:
+    """A Torch-Pruning (DepGraph) pruner over every Conv/Linear except the classifier."""
+    import torch_pruning as tp
+
+    return tp.pruner.BasePruner(
+        model, example, importance=importance(criterion), global_pruning=global_pruning,
+        pruning_ratio=ratio, iterative_steps=steps, max_pruning_ratio=max_layer_ratio,
+        ignored_layers=output_layers(model, example), round_to=round_to)
+
+
+def taylor_gradients(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 128, batches: int = 4) -> None:
+    """Accumulate loss gradients for Taylor importance (|w * dL/dw|)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    model.zero_grad()
+    for i in range(0, min(len(x), batch_size * batches), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
+        F.cross_entropy(model(xb), torch.from_numpy(y[i:i + batch_size])).backward()
+
+
+def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, criterion: str = "l2") -> Any:
+    """A copy of the teacher with `width` of every layer's channels kept (uniform structured
+    pruning through the dependency graph, least important channels removed first)."""
+    check_width(teacher, example, width, field_name)
+    student = copy.deepcopy(teacher)
+    if width < 1:
+        channel_pruner(student, example, ratio=1 - width, criterion=criterion, max_layer_ratio=1.0).step()
+    student.eval()
+    return student
+
+
+# -- metrics ----------------------------------------------------------------------
+
+def model_metrics(model: Any, data: Any, teacher_out: np.ndarray | None = None) -> dict[str, Any]:
+    """What every compression stage records: params, MACs (Torch-Pruning's counter), FP32
+    size, accuracy on the evaluation split (and agreement with the teacher's outputs)."""
+    from .torchmodel import accuracy, agreement, count_params_macs, fp32_size_bytes, predict
+
+    out = predict(model, data.evaluation.x)
+    params, macs = count_params_macs(model, data.input_shape)
+    m: dict[str, Any] = {"params": params, "macs": macs, "size_bytes": fp32_size_bytes(model),
+                         "accuracy": accuracy(out, data.evaluation.y)}
+    if teacher_out is not None:
+        m.update(agreement(out, teacher_out))
+    return m
+
+
+def compressed_size_bytes(model: Any) -> int:
+    """Size of the FP32 weights once deflated, as in a zip: what unstructured zeros buy."""
+    import io
+    import zlib
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return len(zlib.compress(buf.getvalue(), 6))
