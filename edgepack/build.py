@@ -82,6 +82,9 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
     check_forward(teacher, data.evaluation.x, len(data.labels), data.source)
     ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log,
                        student_spec=req.student or inputs.student)
+    for stage, enabled in plan(ctx):
+        if enabled:
+            stage.check(settings[stage.section], ctx)
     return Prepared(settings, target, ctx, out, req.use_cache)
 
 

@@ -3,6 +3,7 @@ to exit codes (0 built and passed, 1 built but a gate failed, 2 bad input/usage)
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -234,6 +235,89 @@ def inspect(bundle: Path, as_json: bool) -> None:
         _err(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch)")
         sys.exit(2)
     click.echo(f"all {len(checks)} files match their sha256")
+
+
+@main.group()
+def device() -> None:
+    """Devices the harness can run bundles on (devices/*.toml).
+
+    \b
+    Examples:
+      edgepack device list
+      edgepack device setup qemu-aarch64
+    """
+
+
+@device.command("list")
+def device_list() -> None:
+    """Show every device and whether it is ready."""
+    from .devices import list_devices
+
+    try:
+        devices = list_devices()
+    except EdgepackError as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    for dev, reason in devices:
+        state = "ready" if reason is None else f"not ready: {reason}"
+        arch = dev.arch or (platform.machine() if dev.transport == "local" else "?")
+        click.echo(f"{dev.name:<16} {dev.transport:<6} {arch:<8} {state}")
+
+
+@device.command("setup")
+@click.argument("name")
+def device_setup(name: str) -> None:
+    """Prepare a device once (qemu-aarch64: build and cache the arm64 root)."""
+    from .devices import load_device
+    from .devices.transport import Transport
+
+    try:
+        dev = load_device(name)
+        Transport.for_device(dev).setup(lambda msg: click.echo(f"  {msg}"))
+        reason = Transport.for_device(dev).check()
+    except EdgepackError as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    if reason:
+        _err(f"device {name!r} is still not ready: {reason}")
+        sys.exit(1)
+    click.echo(f"{name}: ready")
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", "devices", multiple=True, default=("host",), show_default=True,
+              help="Device to run on (repeatable).")
+@click.option("--data", type=click.Path(), help="Inputs for on-device accuracy (default: the build's evaluation split).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench"), show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=20, show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="Default: each device's own setting.")
+def bench(bundles, devices, data, out, warmup, runs, threads) -> None:
+    """Run bundles on devices; write bench.json, bench.md and bench.html.
+
+    A device that fails is reported with its reason, the others are still measured,
+    and the exit code is 1.
+
+    \b
+    Example:
+      edgepack bench out/*.zip --device host --device qemu-aarch64
+    """
+    from .bench import run_bench
+    from .report.bench import write_bench_report
+
+    try:
+        result = run_bench(list(bundles), list(devices), data=data, warmup=warmup, runs=runs, threads=threads,
+                           log=click.echo)
+    except EdgepackError as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    paths = write_bench_report(out, result, warmup=warmup, runs=runs)
+    click.echo(f"report: {paths['md']}, {paths['html']}, {paths['json']}")
+    failed = [r for r in result["results"] if r.get("error")]
+    for r in failed:
+        _err(f"{r['bundle']} on {r['device']}: {r['error']}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,19 @@ def _arm64_hwcaps() -> list[str]:
     return found + [name for name, bit in ARM64_HWCAP2.items() if hwcap2 >> bit & 1]
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set. VmHWM first: ru_maxrss survives fork+exec on
+    Linux, so a runner started from a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 2)   # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 2)
+
+
 def cpu_info() -> dict:
     """{"model": ..., "isa": [...]}: what kind of CPU this is and the SIMD extensions it has."""
     info, machine = _cpuinfo(), platform.machine()
@@ -332,7 +345,7 @@ def run(args) -> dict:
         "init_ms": init_ms,
         "latency_ms": summarize(samples),
         "samples_ms": samples,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
+        "peak_rss_mb": peak_rss_mb(),
         "n_inputs": int(len(x)),
         "io": session.io,
     }

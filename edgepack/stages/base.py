@@ -59,6 +59,10 @@ class Stage(ABC):
     def enabled(self, config: BaseModel, ctx: BuildContext) -> bool:
         return bool(getattr(config, "enabled", True))
 
+    def check(self, config: BaseModel, ctx: BuildContext) -> None:
+        """Pre-flight: raise UsageError for bad input before anything is written
+        (the build calls it for every enabled stage before the first stage runs)."""
+
     def cache_key_extra(self, config: BaseModel, ctx: BuildContext) -> dict[str, Any]:
         """What besides the input artifact and the stage's own config changes its output."""
         return {"target": ctx.target.name}

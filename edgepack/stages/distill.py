@@ -89,8 +89,7 @@ class DistillStage(Stage):
             raise UsageError(f"{field_name} {spec}: output shape {s_shape} differs from the teacher's {t_shape}")
 
     def cache_key_extra(self, config: DistillConfig, ctx: BuildContext) -> dict[str, Any]:
-        # Checked here, before the cache lookup, so that bad input exits 2 on a cached build too.
-        self.check(config, ctx)
+        # Loading the given student also imports its file, which a cached student's pickle needs.
         given = self._given_student(config, ctx)
         return {"teacher": ctx.teacher.sha256,
                 "student": None if given is None else {"spec": given.spec, "sha256": given.sha256}}

@@ -1,0 +1,110 @@
+"""Fixtures for the target adapters: a small trained residual CNN, its data, its ONNX
+export, and a runner for .tflite files that answers in float (dequantized)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = 4
+SHAPE = (3, 16, 16)
+
+
+def make_blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable RGB data: class c is a bright square in quadrant c, in channel c % 3, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, CLASSES, n)
+    x = rng.normal(0, 0.4, (n, *SHAPE)).astype(np.float32)
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 2)
+        x[i, c % 3, r * 8:(r + 1) * 8, col * 8:(col + 1) * 8] += 1.5
+    return x, y.astype(np.int64)
+
+
+def make_cnn():
+    import torch
+    from torch import nn
+
+    class ResidualCNN(nn.Module):
+        """conv-bn-relu, a residual block of two conv-bn, pool, linear."""
+
+        def __init__(self, width: int = 16):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+            self.block = nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+            self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, CLASSES))
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = torch.relu(x + self.block(x))
+            return self.head(self.down(x))
+
+    return ResidualCNN()
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """(model in eval mode, calibration x, evaluation x, evaluation y), trained to ~100 %."""
+    import torch
+
+    torch.manual_seed(0)
+    model = make_cnn()
+    x, y = make_blobs(512, seed=1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for step in range(80):
+        batch = slice((step % 8) * 64, (step % 8 + 1) * 64)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+        opt.step()
+    model.eval()
+    x_eval, y_eval = make_blobs(64, seed=2)
+    return model, x[:128], x_eval, y_eval
+
+
+@pytest.fixture(scope="session")
+def torch_logits(cnn) -> np.ndarray:
+    import torch
+
+    model, _, x_eval, _ = cnn
+    with torch.no_grad():
+        return model(torch.from_numpy(x_eval)).numpy()
+
+
+@pytest.fixture(scope="session")
+def onnx_model(cnn, tmp_path_factory):
+    from edgepack.targets._onnx import export_onnx
+
+    model, _, x_eval, _ = cnn
+    return export_onnx(model, x_eval, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def run_tflite(path: Path, x_nchw: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+    """Run a .tflite one sample at a time; quantize the input and dequantize the output as
+    its tensors say, so that every model answers in float."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    x = x_nchw.transpose(0, 2, 3, 1) if layout == "NHWC" else x_nchw
+    results = []
+    for sample in x:
+        sample = sample[None]
+        scale, zero_point = inp["quantization"]
+        if scale:
+            info = np.iinfo(inp["dtype"])
+            sample = np.clip(np.round(sample / scale + zero_point), info.min, info.max)
+        interpreter.set_tensor(inp["index"], sample.astype(inp["dtype"]))
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"]).astype(np.float32)
+        scale, zero_point = out["quantization"]
+        if scale:
+            y = (y - zero_point) * scale
+        results.append(y[0])
+    return np.stack(results)
