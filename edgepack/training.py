@@ -46,6 +46,7 @@ class TrainingConfig(Section):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1)      # weight of the soft (KD) term; 1 - alpha on the labels
     val_fraction: float = Field(0.1, gt=0, lt=1)   # carved from training data for model selection
+    augment_shift: int = Field(0, ge=0, le=8)      # random translation by up to this many pixels (images)
     seed: int = 0
 
 
@@ -133,6 +134,24 @@ def adapt(student_feat: Any, teacher_feat: Any, adapter: Any) -> Any:
 
 # -- data -------------------------------------------------------------------------
 
+def random_shift(x: Any, max_shift: int, gen: Any) -> Any:
+    """Translate each image of an (N, C, H, W) batch by its own random offset of up to
+    max_shift pixels, filling the border with the edge pixels (the background)."""
+    import torch
+    import torch.nn.functional as F
+
+    if max_shift == 0 or x.ndim != 4:
+        return x
+    n, c, h, w = x.shape
+    p = max_shift
+    padded = F.pad(x, (p, p, p, p), mode="replicate")
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
 @dataclass(frozen=True)
 class TrainData:
     x: np.ndarray
@@ -147,8 +166,10 @@ def training_data(data: Any, cfg: TrainingConfig, section: str) -> TrainData:
     The evaluation split never enters: it is a different array (ctx.data.evaluation)."""
     train = getattr(data, "train", None)
     if train is None or len(train) == 0:
+        skip = f"set {section}.enabled = false" + ("" if section == "distill" else
+                                                        f" (or {section}.epochs = 0: no fine-tuning)")
         raise UsageError(f"{section}: needs training data and there is none: give --train-data FILE.npz "
-                         f"(x, y; never the evaluation data) or set {section}.enabled = false")
+                         f"(x, y; never the evaluation data) or {skip}")
     n_classes = len(data.labels)
     y = train.y
     if (y >= n_classes).any():
@@ -251,7 +272,10 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    t_all = teacher_out if teacher_out is not None else teacher_logits(teacher, data.x)
+    augment = cfg.augment_shift > 0 and x.ndim == 4
+    # Without augmentation the teacher's outputs never change: computed once. With it, the
+    # teacher sees the same shifted images as the student (consistent teaching).
+    t_all = None if augment else (teacher_out if teacher_out is not None else teacher_logits(teacher, data.x))
     val_t = teacher_logits(teacher, data.val_x)
     val_y = torch.from_numpy(data.val_y)
     hints = hints or []
@@ -266,6 +290,9 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
     best_state = None
     t0 = time.perf_counter()
     bar = epoch_bar(progress, label, cfg.epochs)
+    # Denormal floats (tiny gradients, weights decayed towards zero) make CPU math up to 10x
+    # slower; flushing them to zero changes nothing measurable in what is learned.
+    torch.set_flush_denormal(True)
     try:
         for epoch in range(1, cfg.epochs + 1):
             student.train()
@@ -276,11 +303,16 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 xb, yb = x[idx], y[idx]
-                out = student(xb)
-                loss = kd_loss(out, t_all[idx], yb, cfg.temperature, cfg.alpha)
-                if hints:
+                if augment:
+                    xb = random_shift(xb, cfg.augment_shift, gen)
+                if augment or hints:
                     with torch.no_grad():
-                        teacher(xb)
+                        tb = teacher(xb)
+                else:
+                    tb = t_all[idx]
+                out = student(xb)
+                loss = kd_loss(out, tb, yb, cfg.temperature, cfg.alpha)
+                if hints:
                     hl = sum(hint_loss(h.loss, adapt(s_taps.out[h.student], t_taps.out[h.teacher], h.adapter),
                                        t_taps.out[h.teacher]) for h in hints)
                     loss = loss + hint_weight * hl / len(hints)
@@ -288,7 +320,7 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 n += len(idx)
             val_out = _outputs(student, data.val_x)
             val_acc = float((val_out.argmax(1) == val_y).float().mean() * 100)
@@ -301,6 +333,7 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
                 report.best_epoch, report.best_val_accuracy = epoch, round(val_acc, 3)
             bar(loss=total / max(n, 1), val_acc=val_acc)
     finally:
+        torch.set_flush_denormal(False)     # torch's default; there is no getter to restore from
         bar.close()
         for taps in (s_taps, t_taps):
             taps is not None and taps.close()
@@ -329,7 +362,11 @@ class epoch_bar:
                               TextColumn("loss {task.fields[loss]}  val acc {task.fields[val_acc]}"),
                               TimeElapsedColumn(), disable=not sys.stdout.isatty(), transient=True)
         self._task = self._rich.add_task(label, total=total, loss="-", val_acc="-")
-        self._rich.start()
+        try:
+            self._rich.start()
+        except Exception:       # rich.errors.LiveError: another live display (a spinner) owns the terminal
+            self._rich = None
+            self._advance = lambda n, **fields: None
 
     def __call__(self, *, loss: float, val_acc: float) -> None:
         if self._rich is not None:
@@ -401,11 +438,21 @@ def output_layers(model: Any, example: Any) -> list[Any]:
 
 
 def importance(criterion: str) -> Any:
+    """Torch-Pruning's criterion, with NaN scores read as 0: a group whose scores are all
+    zero (no gradient reaches it, e.g. behind a zero-initialised BatchNorm) normalizes
+    to 0/0, and one NaN would stop global pruning from cutting anything."""
+    import torch
     import torch_pruning as tp
 
-    if criterion == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    return tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
+    inner = (tp.importance.GroupTaylorImportance() if criterion == "taylor"
+             else tp.importance.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2))
+
+    class Finite(tp.importance.Importance):
+        def __call__(self, group: Any) -> Any:
+            scores = inner(group)
+            return None if scores is None else torch.nan_to_num(scores, nan=0.0)
+
+    return Finite()
 
 
 def check_width(model: Any, example: Any, width: float, field_name: str) -> None:
@@ -459,6 +506,18 @@ def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, c
 
 
 # -- metrics ----------------------------------------------------------------------
+
+def reference_outputs(results: dict[str, Any]) -> np.ndarray | None:
+    """The FP32 teacher's outputs on the evaluation split, saved by the reference stage."""
+    ref = results.get("reference")
+    path = ref.extras.get("teacher_outputs") if ref is not None else None
+    return np.load(path.path) if path is not None else None
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
 
 def model_metrics(model: Any, data: Any, teacher_out: np.ndarray | None = None) -> dict[str, Any]:
     """What every compression stage records: params, MACs (Torch-Pruning's counter), FP32

@@ -31,6 +31,26 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
         plt.close(fig)
         names.append("stages.png")
 
+    points = [s for s in r["stages"] if s.get("accuracy") is not None and s.get("macs") and s.get("size_bytes")]
+    if len(points) >= 2:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for s in points:
+            for ax, x in ((a1, s["macs"] / 1e6), (a2, s["size_bytes"] / 1024)):
+                ax.scatter(x, s["accuracy"], s=30)
+                ax.annotate(s["name"], (x, s["accuracy"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        a1.plot([s["macs"] / 1e6 for s in points], [s["accuracy"] for s in points], ":", color="grey")
+        a2.plot([s["size_bytes"] / 1024 for s in points], [s["accuracy"] for s in points], ":", color="grey")
+        a1.set_xscale("log")
+        a2.set_xscale("log")
+        a1.set_xlabel("MACs per inference (M)")
+        a2.set_xlabel("model size (KiB)")
+        a1.set_ylabel("accuracy (%)")
+        fig.suptitle("accuracy vs compute and size, one point per stage")
+        fig.tight_layout()
+        fig.savefig(folder / "compression.png", dpi=110)
+        plt.close(fig)
+        names.append("compression.png")
+
     series = []
     ref_devices = {d["name"]: d for d in (r.get("reference") or {}).get("devices", []) if d.get("samples_ms")}
     for d in r["devices"]:

@@ -12,6 +12,10 @@ training split only; a validation slice carved from it picks the best epoch.
 """
 from __future__ import annotations
 
+import copy
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +24,8 @@ from pydantic import Field
 from ..artifacts import Artifact
 from ..errors import ConversionError, EdgepackError, UsageError
 from ..torchmodel import load_module, save_module
-from ..training import (Hint, HintConfig, TrainingConfig, derive_by_width, find_layer, make_adapter,
-                        model_metrics, teacher_logits, train_kd, training_data)
+from ..training import (FeatureTaps, Hint, HintConfig, TrainingConfig, check_width, derive_by_width, find_layer,
+                        first_line, make_adapter, model_metrics, reference_outputs, train_kd, training_data)
 from .base import BuildContext, Stage, StageResult
 
 
@@ -72,9 +76,10 @@ class DistillStage(Stage):
         with torch.no_grad():
             t_shape = tuple(teacher(example).shape)
         given = self._given_student(config, ctx)
+        for i, h in enumerate(config.hints):       # a derived student keeps the teacher's layer names
+            find_layer(teacher, h.teacher, f"distill.hints[{i}].teacher", "teacher")
+            find_layer(teacher if given is None else given.module, h.student, f"distill.hints[{i}].student", "student")
         if given is None:
-            from ..training import check_width
-
             check_width(teacher, example, config.student_width, "distill.student_width")
             return
         spec, field_name = self._student_field(config, ctx)
@@ -83,10 +88,12 @@ class DistillStage(Stage):
                 s_out = given.module.eval()(example)
         except Exception as e:
             raise UsageError(f"{field_name} {spec}: forward fails on input of shape {tuple(example.shape)}: "
-                             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                             f"{first_line(e)}") from None
         s_shape = tuple(s_out.shape) if isinstance(s_out, torch.Tensor) else type(s_out).__name__
         if s_shape != t_shape:
             raise UsageError(f"{field_name} {spec}: output shape {s_shape} differs from the teacher's {t_shape}")
+        with tempfile.TemporaryDirectory(prefix="edgepack-student-") as tmp:
+            self._check_export(given.module, ctx, Path(tmp))
 
     def cache_key_extra(self, config: DistillConfig, ctx: BuildContext) -> dict[str, Any]:
         # Loading the given student also imports its file, which a cached student's pickle needs.
@@ -104,37 +111,35 @@ class DistillStage(Stage):
         given = self._given_student(config, ctx)
         notes = []
         if given is not None:
-            import copy
-
-            student = copy.deepcopy(given.module)
+            student = copy.deepcopy(given.module)      # its export was checked in check()
             origin = {"kind": "given", "spec": given.spec}
         else:
             student = derive_by_width(load_module(artifact), example, config.student_width, "distill.student_width")
             origin = {"kind": "derived", "width": config.student_width, "method": "uniform L2 channel pruning"}
-        self._check_export(student, ctx)
+            self._check_export(student, ctx, ctx.workdir / "export-check")
 
         hints = self._hints(config, teacher, student, example)
         td = training_data(ctx.data, config, self.section)
         before = model_metrics(student, ctx.data, teacher_out=None)
         report = train_kd(student, teacher, td, config, hints=hints, hint_weight=config.hint_weight,
-                          teacher_out=teacher_logits(teacher, td.x), progress=ctx.progress, label="distill")
-        t_eval = np.load(ctx.results["reference"].extras["teacher_outputs"].path) if "reference" in ctx.results else None
+                          progress=ctx.progress, label="distill")
+        t_eval = reference_outputs(ctx.results)
         metrics = model_metrics(student, ctx.data, teacher_out=t_eval)
         metrics.update(student=origin, accuracy_before_training=before["accuracy"],
                        train_samples=len(td.y), val_samples=len(td.val_y),
                        hints=[h.model_dump() for h in config.hints], **report.metrics())
         t_params = ctx.results["reference"].metrics.get("params") if "reference" in ctx.results else None
-        what = f"given by {given.spec}" if given is not None else f"derived from the teacher at width {config.student_width}"
+        what = (f"given by {given.spec}" if given is not None
+                else f"derived from the teacher at width {config.student_width}")
         notes.append(f"distill: student {what}: {metrics['params']:,} params"
                      + (f" ({t_params / metrics['params']:.1f}x fewer than the teacher)" if t_params else "")
-                     + f", best validation accuracy {report.best_val_accuracy}% at epoch {report.best_epoch}/{config.epochs}")
+                     + f", best validation accuracy {report.best_val_accuracy}% "
+                       f"at epoch {report.best_epoch}/{config.epochs}")
         art = save_module(student, ctx.workdir / "model.pt")
         return StageResult(art, metrics, notes=notes)
 
     def _hints(self, config: DistillConfig, teacher: Any, student: Any, example: Any) -> list[Hint]:
         import torch
-
-        from ..training import FeatureTaps
 
         hints = []
         for i, h in enumerate(config.hints):
@@ -153,7 +158,8 @@ class DistillStage(Stage):
                 s, t = s_taps.out[h.student], t_taps.out[h.teacher]
                 if s.ndim != t.ndim or s.ndim not in (2, 4):
                     raise UsageError(f"distill.hints[{i}]: student {h.student} gives shape {tuple(s.shape)}, "
-                                     f"teacher {h.teacher} {tuple(t.shape)}: a hint needs (N, C) or (N, C, H, W) on both")
+                                     f"teacher {h.teacher} {tuple(t.shape)}: a hint needs (N, C) or "
+                                     "(N, C, H, W) on both")
                 h.adapter = make_adapter(s, t)
         finally:
             s_taps.close()
@@ -164,23 +170,22 @@ class DistillStage(Stage):
                 torch.nn.init.kaiming_uniform_(h.adapter.weight, a=5 ** 0.5)
         return hints
 
-    def _check_export(self, student: Any, ctx: BuildContext) -> None:
+    @staticmethod
+    def _check_export(student: Any, ctx: BuildContext, folder: Path) -> None:
         """The target's own export, on the untrained student: fail here, naming the op,
         rather than after minutes of training or in a later stage."""
-        folder = ctx.workdir / "export-check"
         try:
             ctx.target.export(student, ctx.data.evaluation.x[:1], folder,
                                          opset=ctx.settings.export.opset)
         except EdgepackError as e:
-            raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}: {e}") from None
-        except Exception as e:
+            raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}: "
+                                  f"{e}") from None
+        except Exception as e:         # an exporter error the target did not translate
             from ..targets._onnx import _unsupported_op
 
             op = _unsupported_op(str(e))
             raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}"
                                   + (f": operator {op} is not supported" if op else "")
-                                  + f": {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                                  + f": {first_line(e)}") from None
         finally:
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)

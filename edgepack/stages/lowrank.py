@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..torchmodel import count_params_macs, load_module, save_module
-from ..training import TrainingConfig, model_metrics, teacher_logits, train_kd, training_data
+from ..training import TrainingConfig, model_metrics, reference_outputs, teacher_logits, train_kd, training_data
 from .base import BuildContext, Stage, StageResult
 
 
@@ -124,7 +123,7 @@ class LowRankStage(Stage):
             rep = train_kd(model, teacher, td, config, teacher_out=teacher_logits(teacher, td.x),
                            progress=ctx.progress, label="lowrank")
             fine = {k: v for k, v in rep.metrics().items() if k != "history"}
-        t_eval = np.load(ctx.results["reference"].extras["teacher_outputs"].path) if "reference" in ctx.results else None
+        t_eval = reference_outputs(ctx.results)
         metrics = model_metrics(model, ctx.data, teacher_out=t_eval)
         metrics.update(params_before=before[0], macs_before=before[1], layers=layers, finetune=fine)
         rule = (f"param_budget {config.param_budget}" if config.param_budget is not None

@@ -22,7 +22,7 @@ from ..artifacts import Artifact
 from ..errors import UsageError
 from ..torchmodel import count_params_macs, load_module, save_module
 from ..training import (TrainingConfig, channel_pruner, compressed_size_bytes, model_metrics, reestimate_bn,
-                        taylor_gradients, teacher_logits, train_kd, training_data)
+                        reference_outputs, taylor_gradients, teacher_logits, train_kd, training_data)
 from .base import BuildContext, Stage, StageResult
 
 DENSE_SPEED_NOTE = ("prune: unstructured sparsity makes the bundle smaller once compressed (zip), not faster: "
@@ -81,7 +81,7 @@ class PruneStage(Stage):
             steps, extra = self._structured(model, example, config, ctx, calib, td, finetune, before[1])
         else:
             steps, extra = self._unstructured(model, config, calib, finetune)
-        t_eval = np.load(ctx.results["reference"].extras["teacher_outputs"].path) if "reference" in ctx.results else None
+        t_eval = reference_outputs(ctx.results)
         metrics = model_metrics(model, ctx.data, teacher_out=t_eval)
         metrics.update(method=config.method, params_before=before[0], macs_before=before[1],
                        compressed_size_bytes=compressed_size_bytes(model), steps=steps, **extra)
@@ -124,7 +124,8 @@ class PruneStage(Stage):
             steps.append(self._after_cut(model, shape, calib, step) | finetune(step))
         if macs > base_macs * config.mac_budget * 1.0001:
             raise UsageError(f"prune.mac_budget = {config.mac_budget}: reached only {macs / base_macs:.3f} of the "
-                             f"input's MACs with prune.max_layer_ratio = {config.max_layer_ratio} (raise it, or the budget)")
+                             f"input's MACs with prune.max_layer_ratio = {config.max_layer_ratio} "
+                             "(raise it, or the budget)")
         return steps, {"mac_budget": config.mac_budget, "macs_fraction": round(macs / base_macs, 4)}
 
     @staticmethod
@@ -145,7 +146,8 @@ class PruneStage(Stage):
         from torch import nn
         from torch.nn.utils import prune
 
-        targets = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+        layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+        targets = [(m, "weight") for m in model.modules() if isinstance(m, layers)]
         total = sum(m.weight.numel() for m, _ in targets)
         steps = []
         for step in range(1, config.steps + 1):
