@@ -11,6 +11,13 @@ the scheme asked for. Left to itself, onnx2tf 1.28 would instead
     builtins only, so such an op fails here, at build time, with its name;
   - only warn when a quantized conversion fails, leaving its file missing.
 
+What the file cannot promise goes to meta["notes"] for the report: ops the converter left
+in float32 inside an int8 model (no int8 kernel: fine on a CPU, not on an int8-only
+accelerator), and op versions newer than tflite-runtime 2.14 can load.
+
+The same ONNX and calibration data give a byte-identical .tflite, across conversions
+and processes (Keras's layer-name counters, which end up in the file, are reset).
+
 Input layout: NHWC, TFLite's native layout (no Transpose op before the first conv,
 and onnx2tf's main, best-tested path). meta["layout"] says so; Target.to_model_layout
 transposes NCHW data for it. Inputs of another rank keep their ONNX shape.
@@ -41,7 +48,6 @@ from ..errors import ConversionError, UsageError
 from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
 from .base import Target
 
-_IO_DTYPES = ("int8", "uint8", "float32")
 _ONNX_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # What to do about TF ops that have no TFLite builtin kernel, where there is a known way out.
@@ -94,8 +100,18 @@ class TfliteInt8(Target):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         meta: dict[str, Any] = {"layout": layout, "scheme": scheme, "io": io}
-        if version := _min_runtime_version(data):
+        version, float_ops = _inspect(data)
+        if version:
             meta["tflite_min_runtime_version"] = version   # the converter's own estimate, from the op versions
+            for alt in self.runtime_alternatives:
+                if _version_tuple(version) > _version_tuple(alt["min_version"]):
+                    notes.append(f"its op versions need a TFLite runtime >= {version}: "
+                                 f"{alt['name']} {alt['min_version']} cannot load it")
+        if scheme == "int8" and float_ops:
+            # The converter keeps ops without an int8 kernel in float, between DEQUANTIZE and QUANTIZE,
+            # even with int8-only builtins asked for: fine on a CPU, not on an int8-only accelerator.
+            meta["float_ops"] = float_ops
+            notes.append(f"not fully integer: {', '.join(float_ops)} run in float32 (no int8 kernel)")
         if scheme != "none":
             meta["per_channel"] = bool(quantize.per_channel)
         if scheme == "int8":
@@ -226,9 +242,12 @@ def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: np.nd
     spec = [tf.TensorSpec(t.shape, t.dtype, name=INPUT_NAME) for t in model.inputs]
     # A dict result names the signature's output "output", as in the ONNX model.
     function = tf.function(lambda x: {OUTPUT_NAME: model(x)}, input_signature=spec)
-    # No trackable object: onnx2tf's weights are constants in the graph, and handing the Keras
-    # model over only makes the converter serialize Keras metadata (8 s for a 1.4 M-param CNN).
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()])
+    # The converter needs a trackable object to write a signature ("serving_default": input ->
+    # output) into the file. Not the Keras model: its metadata alone takes 8 s to serialize for
+    # a 1.4 M-param CNN, and onnx2tf's weights are graph constants anyway. A bare tf.Module will do.
+    holder = tf.Module()
+    holder.serving_default = function
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], holder)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]   # no Flex ops: see the module doc
     if scheme in ("int8", "dynamic"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -270,19 +289,36 @@ def _first_error_line(text: str) -> str:
     return (lines or [text.strip().splitlines()[0] if text.strip() else "unknown error"])[0][:500]
 
 
-def _min_runtime_version(data: bytes) -> str | None:
-    """The "min_runtime_version" metadata the converter writes into the file, if readable."""
+def _inspect(data: bytes) -> tuple[str | None, list[str]]:
+    """(the "min_runtime_version" the converter wrote into the file, the ops that compute in
+    float32 other than QUANTIZE/DEQUANTIZE). ((None, []) if the file cannot be read this way.)"""
     try:
         from tensorflow.lite.python import schema_py_generated as schema
+    except ImportError:
+        return None, []
+    model = schema.Model.GetRootAsModel(data, 0)
+    version = None
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == b"min_runtime_version":
+            version = bytes(model.Buffers(entry.Buffer()).DataAsNumpy()).rstrip(b"\0").decode()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    float_ops: set[str] = set()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            inputs = [op.Inputs(j) for j in range(op.InputsLength()) if op.Inputs(j) >= 0]
+            if name not in ("QUANTIZE", "DEQUANTIZE") and inputs \
+                    and graph.Tensors(inputs[0]).Type() == schema.TensorType.FLOAT32:
+                float_ops.add(name)
+    return version, sorted(float_ops)
 
-        model = schema.Model.GetRootAsModel(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() == b"min_runtime_version":
-                return bytes(model.Buffers(entry.Buffer()).DataAsNumpy()).rstrip(b"\0").decode()
-    except Exception:
-        pass
-    return None
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
 
 
 # -- io_details helpers ---------------------------------------------------------------

@@ -56,11 +56,16 @@ def cnn():
     x, y = make_blobs(512, seed=1)
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for step in range(80):
-        batch = slice((step % 8) * 64, (step % 8 + 1) * 64)
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # tiny batches: more threads only spin, badly so on a busy CI box
+    try:
+        for step in range(80):
+            batch = slice((step % 8) * 64, (step % 8 + 1) * 64)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     x_eval, y_eval = make_blobs(64, seed=2)
     return model, x[:128], x_eval, y_eval
@@ -83,7 +88,19 @@ def onnx_model(cnn, tmp_path_factory):
     return export_onnx(model, x_eval, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
-def run_tflite(path: Path, x_nchw: np.ndarray, layout: str = "NHWC") -> np.ndarray:
+@pytest.fixture(scope="session")
+def blobs():
+    """make_blobs(n, seed) -> (x, y), for tests that need data of their own."""
+    return make_blobs
+
+
+@pytest.fixture(scope="session")
+def run_tflite():
+    """run_tflite(path, x_nchw) -> float outputs (see _run_tflite)."""
+    return _run_tflite
+
+
+def _run_tflite(path: Path, x_nchw: np.ndarray, layout: str = "NHWC") -> np.ndarray:
     """Run a .tflite one sample at a time; quantize the input and dequantize the output as
     its tensors say, so that every model answers in float."""
     from ai_edge_litert.interpreter import Interpreter

@@ -1,0 +1,468 @@
+"""openvino-cpu: ONNX -> openvino.convert_model (static [1, C, H, W]) -> NNCF -> IR model.xml + model.bin.
+
+Why from ONNX and not straight from the torch module: the ONNX file is the shared
+export (`_onnx.export_onnx`), already checked against onnxruntime and failing with the
+op's name; OpenVINO's ONNX frontend is its most mature one and keeps the tensor names
+"input"/"output" in the IR; convert() then reads a plain cached file instead of
+unpickling a module. It costs one ONNX export (~2 s on a small CNN).
+
+Schemes:
+  - int8: `nncf.quantize` (static: per-channel symmetric int8 weights, activations
+    calibrated on the calibration set; preset, fast bias correction and subset size from
+    [quantize]); with `quantize.accuracy_control = true` and labeled validation data,
+    `nncf.quantize_with_accuracy_control`, which reverts the layers that cost the most
+    accuracy to float until the drop is within `quantize.max_drop_pp` (percentage points
+    of top-1 accuracy). The layers left in float are listed in meta["notes"].
+  - dynamic: `nncf.compress_weights` (int8 symmetric per-channel weights, float activations).
+  - none: the float IR (the FP32 reference).
+
+Traps this module handles (openvino 2026.4, nncf 3.4):
+  - an NNCF-quantized model with a dynamic batch fails to compile on some CPUs ("No
+    suitable implementations"): the input shape is fixed to [1, C, H, W];
+  - `ov.save_model` compresses float weights to f16 by default: turned off, so the
+    reference is really FP32 and the int8 model's float leftovers stay FP32;
+  - OpenVINO's conversion can be wrong without failing (seen: an rfft graph whose IR
+    output gained a dimension): the float IR is run once against onnxruntime, f32 precision;
+  - on CPUs with bf16 (AVX512-BF16/AMX) the CPU plugin runs float layers in bf16 unless
+    told otherwise (INFERENCE_PRECISION_HINT); an IR cannot pin that (rt_info
+    "runtime_options" is ignored for it): the runner decides, and records what ran;
+  - NNCF prints progress bars and logs to stdout: kept out of the terminal by quiet().
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..artifacts import Artifact
+from ..config import QuantizeConfig
+from ..errors import ConversionError, UsageError
+from ._onnx import INPUT_NAME, quiet
+from .base import Target
+
+# Operations whose second input is a weight: what "layer" means in the notes.
+_WEIGHTED = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
+             "MatMul")
+# Ops between a weight constant and its layer (decompression, layout).
+_PASS_THROUGH = ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze", "Squeeze")
+_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
+# How closely the float IR (f32 precision) must reproduce onnxruntime on one sample.
+ATOL = 1e-3
+RTOL = 1e-3
+
+
+class OpenVINOQuantizeConfig(QuantizeConfig):
+    """[quantize] for openvino-cpu: the common keys plus NNCF's."""
+
+    preset: Literal["performance", "mixed"] = "performance"   # mixed: asymmetric activations
+    fast_bias_correction: bool = True
+    subset_size: int = Field(300, ge=1)          # at most this many calibration samples for statistics
+    accuracy_control: bool = False               # nncf.quantize_with_accuracy_control (needs labeled data)
+    max_drop_pp: float = Field(1.0, ge=0)        # its budget: top-1 accuracy drop, percentage points
+
+
+class OpenVINOCpu(Target):
+    name = "openvino-cpu"
+    format = "openvino"
+    runtime = "openvino"
+    runtime_min_version = "2026.4"    # the version that validated it; IR v11
+    # onnx, onnxscript, onnxruntime: the ONNX export (torch.onnx's dynamo exporter) and its check.
+    requires = ("openvino", "nncf", "onnx", "onnxscript", "onnxruntime")
+    quantize_config = OpenVINOQuantizeConfig
+    quantizer = "NNCF post-training quantization (nncf.quantize / quantize_with_accuracy_control)"
+
+    # -- export -------------------------------------------------------------------
+    def export(self, model: Any, sample: np.ndarray, out_dir: Path, opset: int = 17) -> Artifact:
+        try:
+            return super().export(model, sample, out_dir, opset)
+        except ConversionError as e:
+            raise ConversionError(f"target {self.name!r}: {e}") from e
+
+    # -- convert ------------------------------------------------------------------
+    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
+                *, progress: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Artifact:
+        """`validation`: labeled (x, y) for accuracy control (x float32 NCHW, preprocessed)."""
+        if not isinstance(quantize, OpenVINOQuantizeConfig):     # the common section: NNCF's defaults
+            quantize = OpenVINOQuantizeConfig(**quantize.model_dump())
+        self.check_scheme(quantize.scheme)
+        if exported.kind != "onnx":
+            raise UsageError(f"target {self.name!r} converts from ONNX, got a {exported.kind!r} artifact "
+                             f"({exported.path})")
+        scheme = quantize.scheme
+        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
+        if scheme == "int8" and len(calib) == 0:
+            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
+        notes: list[str] = []
+        if quantize.io != "float32" and scheme != "none":
+            notes.append(f"quantize.io = {quantize.io!r}: OpenVINO IR keeps float32 input and output "
+                         "(the int8 body quantizes inside the model)")
+        steps = {"int8": 3, "dynamic": 3, "none": 2}[scheme]
+        advance = progress(f"{self.name}: convert ({scheme})", steps) if progress else (lambda n=1: None)
+
+        shape = _static_shape(exported, calib)
+        model = _convert_onnx(exported.path, exported.meta.get("input_name", INPUT_NAME), shape)
+        sample = calib[:1] if len(calib) else np.zeros(shape, np.float32)
+        check = _check_against_onnxruntime(model, exported.path, sample)
+        advance(1)
+
+        meta: dict[str, Any] = {"layout": _LAYOUTS.get(len(shape), "NC"), "scheme": scheme, "io": "float32",
+                                "input_shape": shape, "float_check_max_abs_diff": check}
+        if scheme == "int8":
+            model, ac = self._quantize(model, quantize, calib, validation)
+            meta.update(per_channel=bool(quantize.per_channel), calibration_samples=int(len(calib)),
+                        nncf={"preset": quantize.preset, "fast_bias_correction": quantize.fast_bias_correction,
+                              "subset_size": min(quantize.subset_size, len(calib))})
+            if ac is not None:
+                meta["accuracy_control"] = ac
+            notes.extend(_accuracy_control_notes(ac, quantize))
+            advance(1)
+        elif scheme == "dynamic":
+            import nncf
+
+            with quiet(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+                except Exception as e:
+                    raise ConversionError(f"target {self.name!r}: nncf.compress_weights failed: "
+                                          f"{_first_line(e)}") from e
+            meta["per_channel"] = True
+            if not quantize.per_channel:
+                notes.append("quantize.per_channel = false: NNCF weight compression is per-channel only")
+            advance(1)
+
+        layers = _layer_precision(model, exported.path)
+        meta["layers"] = layers
+        if scheme != "none":
+            notes.append(_layer_summary(layers, scheme))
+        _compile_check(model, sample, self.name)
+        _stable_names(model)
+        meta["weights_sha256"] = _stamp_weights_digest(model)
+        dest = _save_ir(model, Path(out_dir))
+        advance(1)
+        meta["side_files"] = [dest.with_suffix(".bin").name]   # beside model.xml
+        meta["notes"] = notes
+        return Artifact.from_file("openvino", dest, **meta)
+
+    def _quantize(self, model: Any, quantize: Any, calib: np.ndarray,
+                  validation: tuple[np.ndarray, np.ndarray] | None) -> tuple[Any, dict[str, Any] | None]:
+        import nncf
+        from nncf.quantization.advanced_parameters import QuantizationParameters
+
+        calibration = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+        kwargs = dict(preset=nncf.QuantizationPreset(quantize.preset), target_device=nncf.TargetDevice.CPU,
+                      subset_size=min(quantize.subset_size, len(calib)),
+                      fast_bias_correction=quantize.fast_bias_correction)
+        if not quantize.per_channel:
+            kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
+                weights_quantization_params=QuantizationParameters(per_channel=False))
+        use_ac = quantize.accuracy_control and validation is not None and len(validation[0]) > 0
+        with quiet(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if not use_ac:
+                    return nncf.quantize(model, calibration, **kwargs), None
+                vx, vy = validation
+                vx = np.ascontiguousarray(vx, dtype=np.float32)
+                items = [(vx[i:i + 1], int(vy[i])) for i in range(len(vx))]
+                evaluations: list[tuple[int, float]] = []
+
+                def validate(compiled: Any, data: Any) -> tuple[float, list[float]]:
+                    output = compiled.output(0)
+                    correct = [100.0 * float(np.argmax(compiled(x)[output]) == y) for x, y in data]
+                    metric = float(np.mean(correct)) if correct else 0.0
+                    evaluations.append((len(correct), metric))
+                    return metric, correct
+
+                if "advanced_parameters" in kwargs:
+                    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+                result = nncf.quantize_with_accuracy_control(
+                    model, calibration, nncf.Dataset(items, lambda item: item[0]), validate,
+                    max_drop=quantize.max_drop_pp, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            except Exception as e:
+                raise ConversionError(f"target {self.name!r}: NNCF quantization failed: "
+                                      f"{_first_line(e)}") from e
+        # NNCF logs its metrics only: the first two full passes are the float and the int8 model.
+        full = [m for n, m in evaluations if n == len(items)]
+        ac = {"max_drop_pp": quantize.max_drop_pp, "samples": len(items),
+              "float_accuracy": full[0] if full else None,
+              "int8_accuracy_before": full[1] if len(full) > 1 else None}
+        if len(full) > 2:      # layers were reverted: measure what is shipped
+            import openvino as ov
+
+            with quiet():
+                ac["int8_accuracy"] = validate(ov.Core().compile_model(result, "CPU"), items)[0]
+        else:
+            ac["int8_accuracy"] = ac["int8_accuracy_before"]
+        return result, ac
+
+    # -- inspect ------------------------------------------------------------------
+    def io_details(self, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
+        import openvino as ov
+
+        model = ov.Core().read_model(str(artifact.path))
+        layout = artifact.meta.get("layout", "NCHW")
+
+        def entry(port: Any, index: int, layout: str | None) -> dict[str, Any]:
+            shape = port.get_partial_shape()
+            return {"name": port.get_any_name() if port.get_names() else f"{index}",
+                    "index": index,
+                    "shape": [int(d.get_length()) if d.is_static else -1 for d in shape],
+                    "dtype": np.dtype(port.get_element_type().to_dtype()).name,
+                    "layout": layout, "scale": None, "zero_point": 0}
+
+        return {"inputs": [entry(p, i, layout) for i, p in enumerate(model.inputs)],
+                "outputs": [entry(p, i, _LAYOUTS.get(len(p.get_partial_shape())) if i == 0 else None)
+                            for i, p in enumerate(model.outputs)]}
+
+
+# -- ONNX -> ov.Model ---------------------------------------------------------------
+
+def _static_shape(exported: Artifact, calib: np.ndarray) -> list[int]:
+    shape = exported.meta.get("input_shape")
+    if shape is None and len(calib):
+        shape = list(calib.shape)
+    if shape is None:
+        import onnx
+
+        graph = onnx.load(str(exported.path), load_external_data=False).graph
+        init = {i.name for i in graph.initializer}
+        dims = next(i for i in graph.input if i.name not in init).type.tensor_type.shape.dim
+        shape = [d.dim_value or 1 for d in dims]
+    return [1, *[int(s) for s in shape[1:]]]
+
+
+def _convert_onnx(path: Path, input_name: str, shape: list[int]) -> Any:
+    import openvino as ov
+
+    failure = None
+    with quiet() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ov.convert_model(str(path), input=[(input_name, shape)])
+        except Exception as e:
+            failure = e
+    text = f"{failure}\n{log.text}"      # log.text is filled when quiet() ends
+    listed = re.findall(r"No conversion rule found for operations: ([^\n]+)", text)
+    ops = sorted({o.strip() for line in listed for o in line.split(",") if o.strip()})
+    if ops:
+        names = ", ".join(re.sub(r"^(\w+)-(\d+)$", r"\1 (opset \2)", o) for o in ops)
+        raise ConversionError(f"target 'openvino-cpu': OpenVINO's ONNX frontend has no conversion for "
+                              f"the ONNX op {names}") from None
+    raise ConversionError(f"target 'openvino-cpu': openvino.convert_model failed: {_first_line(failure)}") from None
+
+
+def _check_against_onnxruntime(model: Any, onnx_path: Path, sample: np.ndarray) -> float:
+    """Run the float IR (f32 precision) and onnxruntime on one sample; they must agree."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    try:
+        with quiet():
+            compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                              "INFERENCE_NUM_THREADS": 1})
+            got = compiled(sample)[compiled.output(0)]
+    except Exception as e:
+        raise ConversionError(f"target 'openvino-cpu': the converted float model does not run on the CPU "
+                              f"plugin: {_first_line(e)}") from None
+    if got.shape != expected.shape:
+        raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion is wrong: output shape "
+                              f"{list(got.shape)}, the ONNX model gives {list(expected.shape)}")
+    diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
+    if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)):
+        raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion differs from the ONNX model "
+                              f"on a sample: max |diff| = {diff:.3g} (f32 precision)")
+    return diff
+
+
+def _compile_check(model: Any, sample: np.ndarray, target: str) -> None:
+    """Compile for the CPU plugin and run once: a model that cannot run fails here, not on a device."""
+    import openvino as ov
+
+    try:
+        with quiet():
+            compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+            out = compiled(sample)[compiled.output(0)]
+    except Exception as e:
+        raise ConversionError(f"target {target!r}: the CPU plugin cannot compile the converted model: "
+                              f"{_first_line(e)}") from None
+    if not np.all(np.isfinite(out)):
+        raise ConversionError(f"target {target!r}: the converted model gives non-finite outputs on a sample")
+
+
+_AUTO_NAME = re.compile(r"^([A-Za-z]+)_\d+$")
+
+
+def _stable_names(model: Any) -> None:
+    """Renumber OpenVINO's generated node names ("Constant_37097", from a process-wide counter) in
+    graph order, so that the same model gives the same model.xml in any process, any run."""
+    counters: Counter[str] = Counter()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        if m := _AUTO_NAME.match(op.get_friendly_name()):
+            counters[m.group(1)] += 1
+            op.set_friendly_name(f"{m.group(1)}_{counters[m.group(1)]}")
+
+
+def _stamp_weights_digest(model: Any) -> str:
+    """Write a digest of every constant into the model's rt_info, hence into model.xml.
+
+    The artifact's sha256 (the cache's key for every later stage) is model.xml's, and
+    model.xml alone holds only offsets into model.bin: without this, two models with the
+    same layers and different weights would have the same sha256, and a rebuild after
+    retraining would reuse the old validation results."""
+    h = hashlib.sha256()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Constant":
+            data = np.ascontiguousarray(op.get_data())
+            h.update(f"{op.get_friendly_name()}:{op.get_element_type()}:{list(op.shape)}:".encode())
+            h.update(data.tobytes())
+    digest = h.hexdigest()
+    model.set_rt_info(digest, ["edgepack", "weights_sha256"])
+    return digest
+
+
+def _save_ir(model: Any, out_dir: Path) -> Path:
+    """model.xml + model.bin, written in a temporary folder and moved into place (.bin first)."""
+    import openvino as ov
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".ir-", dir=out_dir))
+    try:
+        # compress_to_fp16=False: the default would halve every float weight to f16.
+        ov.save_model(model, str(work / "model.xml"), compress_to_fp16=False)
+        for name in ("model.bin", "model.xml"):
+            os.chmod(work / name, 0o644)
+            os.replace(work / name, out_dir / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir / "model.xml"
+
+
+# -- what ended up quantized --------------------------------------------------------
+
+def _layer_precision(model: Any, onnx_path: Path) -> list[dict[str, Any]]:
+    """Each weighted layer: its name, the torch module it came from, int8 weights? int8 input?"""
+    scopes = _onnx_scopes(onnx_path)
+    layers = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in _WEIGHTED or op.get_input_size() < 2:
+            continue
+        weight_int8 = _from_int8_constant(op.input_value(1).get_node())
+        if op.get_type_name() == "MatMul" and not weight_int8 and not _from_constant(op.input_value(1).get_node()):
+            continue         # a MatMul of two activations has no weights to quantize
+        source = op.input_value(0).get_node()
+        while source.get_type_name() in ("Reshape", "Transpose") and source.get_input_size():
+            source = source.input_value(0).get_node()
+        name = op.get_friendly_name()
+        onnx_node = name.split("/")[0]
+        layers.append({"name": name, "module": scopes.get(onnx_node), "type": op.get_type_name(),
+                       "int8_weights": weight_int8, "int8_input": source.get_type_name() == "FakeQuantize"})
+    return layers
+
+
+def _from_int8_constant(node: Any, depth: int = 0) -> bool:
+    kind = node.get_type_name()
+    if kind == "FakeQuantize":
+        return True
+    if kind == "Constant":
+        return node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+    if kind in _PASS_THROUGH and depth < 6:
+        return any(_from_int8_constant(node.input_value(i).get_node(), depth + 1)
+                   for i in range(node.get_input_size()))
+    return False
+
+
+def _from_constant(node: Any, depth: int = 0) -> bool:
+    if node.get_type_name() == "Constant":
+        return True
+    if node.get_type_name() in _PASS_THROUGH and depth < 6:
+        return all(_from_constant(node.input_value(i).get_node(), depth + 1) for i in range(node.get_input_size()))
+    return False
+
+
+def _onnx_scopes(onnx_path: Path) -> dict[str, str]:
+    """ONNX node name -> torch module path, from the dynamo exporter's metadata (best effort)."""
+    import ast
+
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:
+        return {}
+    out = {}
+    for node in graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        modules = [s for s in scopes[:-1] if s]
+        if modules:
+            # The exporter folds a BatchNorm into the conv before it and names the result after the BatchNorm.
+            fused = props.get("pkg.onnxscript.rewriter.rule_name") == "FuseBatchNormIntoConv"
+            out[node.name] = modules[-1] + (" (conv + batch norm)" if fused else "")
+    return out
+
+
+def _label(layer: dict[str, Any]) -> str:
+    return f"{layer['module']} [IR {layer['name']}]" if layer.get("module") else layer["name"]
+
+
+def _layer_summary(layers: list[dict[str, Any]], scheme: str) -> str:
+    if scheme == "dynamic":
+        done = [lay for lay in layers if lay["int8_weights"]]
+        rest = [lay for lay in layers if not lay["int8_weights"]]
+        text = f"NNCF weight compression: int8 weights in {len(done)} of {len(layers)} weighted layers"
+        return text + (f"; float weights: {', '.join(map(_label, rest))}" if rest else "")
+    done = [lay for lay in layers if lay["int8_weights"] and lay["int8_input"]]
+    rest = [lay for lay in layers if not (lay["int8_weights"] and lay["int8_input"])]
+    text = f"NNCF int8: {len(done)} of {len(layers)} weighted layers quantized"
+    return text + (f"; kept in float: {', '.join(map(_label, rest))}" if rest else "")
+
+
+def _accuracy_control_notes(ac: dict[str, Any] | None, quantize: Any) -> list[str]:
+    if not quantize.accuracy_control:
+        return []
+    if ac is None:
+        return ["quantize.accuracy_control = true, but no labeled validation data reached the converter: "
+                "plain nncf.quantize was used"]
+    before, base = ac.get("int8_accuracy_before"), ac.get("float_accuracy")
+    if before is None or base is None:
+        return [f"NNCF accuracy control (max drop {quantize.max_drop_pp} pp on {ac['samples']} labeled samples) ran"]
+    drop, budget = base - before, quantize.max_drop_pp
+    text = (f"NNCF accuracy control on {ac['samples']} labeled samples: float {base:.2f} %, int8 {before:.2f} % "
+            f"(drop {drop:.2f} pp, budget {budget} pp)")
+    if drop <= budget:
+        return [text + ": within budget, nothing reverted"]
+    after = ac.get("int8_accuracy", before)
+    verdict = "within budget" if base - after <= budget else "still over budget (NNCF could not restore it)"
+    return [text + f"; after reverting layers to float: {after:.2f} % (drop {base - after:.2f} pp, {verdict})"]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(e: BaseException) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # OpenVINO's exceptions start with "Check '...' failed at src/...": the reason is further down.
+    for line in lines:
+        if not line.startswith(("Check '", "Exception from src", "Traceback")):
+            return line[:500]
+    return (lines[0] if lines else type(e).__name__)[:500]
