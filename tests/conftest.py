@@ -68,3 +68,19 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     model.eval()
     torch.save(model.state_dict(), root / "weights.pt")
     return {"root": root, "model": model_py, "weights": root / "weights.pt", "data": root / "data.npz"}
+
+
+@pytest.fixture(scope="session")
+def qemu_root() -> Path:
+    """The aarch64 emulator's root, built once and cached ($EDGEPACK_QEMU_ROOT, else
+    ~/.cache/edgepack/qemu-aarch64). Without qemu-user-static the emulator tests fail
+    rather than skip: CI installs it (scripts/install-system-deps.sh)."""
+    import shutil
+
+    from edgepack.devices import load_device
+    from edgepack.devices.qemu_setup import setup_qemu_root
+
+    if not shutil.which("qemu-aarch64-static"):
+        pytest.fail("qemu-aarch64-static is not installed: apt-get install qemu-user-static")
+    device = load_device("qemu-aarch64")
+    return setup_qemu_root(device.root_path(), runtimes=device.runtimes)

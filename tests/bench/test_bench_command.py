@@ -28,7 +28,7 @@ def bundle(tiny, tmp_path_factory) -> Path:
 
 
 @pytest.mark.emulator
-def test_bench_on_host_and_emulator_writes_three_reports(bundle, tmp_path):
+def test_bench_on_host_and_emulator_writes_three_reports(qemu_root, bundle, tmp_path):
     out = tmp_path / "bench"
     res = cli("bench", str(bundle), "--device", "host", "--device", "qemu-aarch64", "--out", str(out), "--runs", "10")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -1,28 +1,17 @@
 """The qemu transport: the same models on aarch64 kernels under qemu-aarch64-static.
 
-The emulator root is built once and cached ($EDGEPACK_QEMU_ROOT, else
-~/.cache/edgepack/qemu-aarch64). Without qemu-user-static these tests fail: CI installs it.
+The emulator root is built once and cached by the `qemu_root` fixture (tests/conftest.py).
 """
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pytest
 
-from edgepack.devices import load_device, run_on_device
+from edgepack.devices import run_on_device
 from edgepack.devices.qemu_setup import MARKER, read_marker, setup_qemu_root
 from edgepack.errors import DeviceError
 
 pytestmark = pytest.mark.emulator
-
-
-@pytest.fixture(scope="session")
-def qemu_root():
-    if not shutil.which("qemu-aarch64-static"):
-        pytest.fail("qemu-aarch64-static is not installed: apt-get install qemu-user-static")
-    device = load_device("qemu-aarch64")
-    return setup_qemu_root(device.root_path(), runtimes=device.runtimes)
 
 
 def both(models, model, layout, tmp_path):
