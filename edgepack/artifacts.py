@@ -46,7 +46,9 @@ class Artifact:
     @property
     def size_bytes(self) -> int:
         """Size of the artifact on disk, counting side files (e.g. OpenVINO's .bin)."""
-        return self.path.stat().st_size + sum(Path(f).stat().st_size for f in self.meta.get("side_files", []))
+        # Side files are named relative to the artifact's own folder, not the working directory.
+        return self.path.stat().st_size + sum((self.path.parent / f).stat().st_size
+                                              for f in self.meta.get("side_files", []))
 
     def to_json(self, root: Path) -> dict[str, Any]:
         return {"kind": self.kind, "path": os.path.relpath(self.path, root), "sha256": self.sha256, "meta": self.meta}

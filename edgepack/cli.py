@@ -169,7 +169,9 @@ def _build_one(prepared, keep_going: bool = False):
         click.echo(f"vs FP32 reference: {r['ratios']['size']:.2f}x smaller; p50 latency {lat}")
     code = 0
     if not outcome.passed:
-        for note in r["notes"]:
+        # The validate stage's notes are the gate failures; other stages' notes are only information.
+        validate = next((s for s in r["stages"] if s["name"] == "validate"), {})
+        for note in validate.get("notes", []):
             _err(note)
         _err(f"{prepared.target.name}: a gate failed: the bundle and report say why")
         code = 1

@@ -28,6 +28,12 @@ TINY_MODEL = textwrap.dedent('''
 
     def make_other():
         return Tiny(classes=7)
+
+    def make_gelu():
+        """The same weights with exact GELU (ONNX Erf), which TFLite builtins cannot run below opset 20."""
+        model = Tiny()
+        model.features[2] = nn.GELU()
+        return model
 ''')
 
 

@@ -70,3 +70,17 @@ def test_set_syntax(item):
 
 def test_set_values_are_toml():
     assert parse_set(["a.b=[1, 2]", "a.c=true", "a.d=0.5"]) == {"a": {"b": [1, 2], "c": True, "d": 0.5}}
+
+
+def test_every_profile_shares_the_compression_and_data_sections():
+    """distill, prune and lowrank (and the data split) are target-independent: equal in every
+    shipped profile, so that `--target all` runs them once and the other targets hit the cache."""
+    import tomllib
+
+    from edgepack.config import PROFILES_DIR
+
+    profiles = {p.stem: tomllib.loads(p.read_text()) for p in sorted(PROFILES_DIR.glob("*.toml"))}
+    assert len(profiles) >= 3
+    for section in ("data", "distill", "prune", "lowrank"):
+        values = {name: prof.get(section) for name, prof in profiles.items()}
+        assert len({repr(v) for v in values.values()}) == 1, f"[{section}] differs between profiles: {values}"

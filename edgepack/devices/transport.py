@@ -186,7 +186,8 @@ class HostFilesTransport(Transport):
 
     def open(self, workdir: Path) -> str:
         workdir.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{self.device.name}-", dir=workdir)
+        # Absolute: the runner starts in another working directory (a relative --out broke it).
+        return tempfile.mkdtemp(prefix=f".{self.device.name}-", dir=workdir.absolute())
 
     def put(self, local: Path, remote_dir: str) -> str:
         return str(Path(local).absolute())

@@ -17,9 +17,9 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({"target": res["target"], "status": "failed", "exit_code": res["exit_code"],
                          "error": res["error"]})
             continue
-        host = next((d for d in r["devices"] if d["name"] == "host" and "error" not in d), None)
+        host = next((d for d in r["devices"] if d["name"] == "host" and not d.get("error")), None)
         ref_host = next((d for d in (r["reference"] or {}).get("devices", [])
-                         if d["name"] == "host" and "error" not in d), None)
+                         if d["name"] == "host" and not d.get("error")), None)
         rows.append({
             "target": r["target"], "status": "passed" if r["passed"] else "gate failed",
             "exit_code": res["exit_code"], "bundle": res.get("bundle"),

@@ -40,8 +40,11 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
                 ax.annotate(s["name"], (x, s["accuracy"]), fontsize=8, xytext=(4, 3), textcoords="offset points")
         a1.plot([s["macs"] / 1e6 for s in points], [s["accuracy"] for s in points], ":", color="grey")
         a2.plot([s["size_bytes"] / 1024 for s in points], [s["accuracy"] for s in points], ":", color="grey")
-        a1.set_xscale("log")
-        a2.set_xscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        for ax in (a1, a2):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())    # labelled minor ticks overlap on short ranges
         a1.set_xlabel("MACs per inference (M)")
         a2.set_xlabel("model size (KiB)")
         a1.set_ylabel("accuracy (%)")

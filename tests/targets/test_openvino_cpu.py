@@ -321,9 +321,6 @@ def test_profile_loads_with_the_nncf_keys(target):
     assert {k for k, v in ours.items() if isinstance(v, dict)} == {k for k, v in tflite.items() if isinstance(v, dict)}
 
 
-@pytest.mark.xfail(raises=FileNotFoundError, strict=False,
-                   reason="Artifact.size_bytes resolves meta['side_files'] against the working directory, "
-                          "not the artifact's folder")
 def test_size_bytes_counts_the_weights_file(converted, tmp_path, monkeypatch):
     art = converted("int8")
     monkeypatch.chdir(tmp_path)
