@@ -43,7 +43,7 @@ def device_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=HERE / "out" / "devices")
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "default")
     ap.add_argument("--runs", type=int, default=100, help="timed runs per model and device (validate.runs)")
     ap.add_argument("--device", dest="devices", action="append", default=[])
     ap.add_argument("--target", dest="targets", action="append", default=[], help="default: all")

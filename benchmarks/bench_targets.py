@@ -48,7 +48,7 @@ def target_rows(r: dict[str, Any], seconds: float) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=HERE / "out" / "targets")
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "default")
     ap.add_argument("--runs", type=int, default=300, help="timed runs per model (validate.runs)")
     ap.add_argument("--target", dest="targets", action="append", default=[], help="default: all")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every build")

@@ -182,7 +182,13 @@ def _build_one(prepared, keep_going: bool = False):
 
 @main.command()
 def targets() -> None:
-    """List target profiles and whether each toolchain is installed (without importing it)."""
+    """List target profiles and whether each toolchain is installed (without importing it).
+
+    \b
+    Example:
+      edgepack targets
+      # tflite-int8      tflite    ai-edge-litert     ready
+    """
     from .config import PROFILES_DIR
     from .targets.base import all_targets
 
@@ -252,7 +258,13 @@ def device() -> None:
 
 @device.command("list")
 def device_list() -> None:
-    """Show every device and whether it is ready."""
+    """Show every device and whether it is ready.
+
+    \b
+    Example:
+      edgepack device list
+      # qemu-aarch64     qemu   aarch64  not ready: ... run `edgepack device setup qemu-aarch64`
+    """
     from .devices import list_devices
 
     try:
@@ -269,7 +281,12 @@ def device_list() -> None:
 @device.command("setup")
 @click.argument("name")
 def device_setup(name: str) -> None:
-    """Prepare a device once (qemu-aarch64: build and cache the arm64 root)."""
+    """Prepare a device once (qemu-aarch64: build and cache the arm64 root).
+
+    \b
+    Example:
+      edgepack device setup qemu-aarch64     # ~260 MB in ~/.cache/edgepack ($EDGEPACK_QEMU_ROOT)
+    """
     from .devices import load_device
     from .devices.transport import Transport
 

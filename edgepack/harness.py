@@ -16,7 +16,7 @@ from .torchmodel import accuracy, agreement
 
 
 def run_artifact(target: Any, artifact: Artifact, device: str, x_nchw: np.ndarray, workdir: Path, *,
-                 warmup: int = 0, runs: int = 1, threads: int | None = 1, timeout_s: float = 900) -> Any:
+                 warmup: int = 0, runs: int = 1, threads: int | None = 1, timeout_s: float | None = None) -> Any:
     from .devices import run_on_device
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,8 @@ class DeviceConfig(BaseModel):
     # loads the model's format (ai_edge_litert or tflite_runtime for .tflite).
     runtimes: tuple[RuntimeName, ...] = ALL_RUNTIMES
     python: str | None = None           # interpreter on the device; None: the transport's default
+    # Wall-clock limit of one runner process (load, every evaluation input, warm-up, timed runs).
+    run_timeout_s: float = Field(900.0, gt=0)
     _source: Path | None = PrivateAttr(None)
 
     @property

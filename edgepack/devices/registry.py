@@ -58,11 +58,12 @@ def list_devices() -> list[tuple[DeviceConfig, str | None]]:
 
 
 def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warmup: int, runs: int,
-                  threads: int | None, workdir: Path, timeout_s: float = 600,
+                  threads: int | None, workdir: Path, timeout_s: float | None = None,
                   extra_files: list[Path] = ()) -> DeviceRun:
     """Run `model` on `device` for outputs of every sample in `inputs`, then time it.
 
-    Results land in workdir/<device>/ (result.json, outputs.npy).
+    Results land in workdir/<device>/ (result.json, outputs.npy). `timeout_s`: the runner's
+    wall-clock limit; None: the device file's run_timeout_s.
     """
     device = load_device(device) if isinstance(device, str) else device
     model, inputs, workdir = Path(model), Path(inputs), Path(workdir)
@@ -92,7 +93,7 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
             "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads or device.threads),
             "--out-json", out_json, "--out-outputs", out_npy, "--runtimes", ",".join(command.runtimes),
         ]
-        done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s)
+        done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s or device.run_timeout_s)
         if done.returncode != 0:
             last = tail(done.stderr) or tail(done.stdout)
             headline = _headline(last)

@@ -17,8 +17,13 @@ class QuantizeStage(Stage):
     def run(self, artifact: Artifact, config: QuantizeConfig, ctx: BuildContext) -> StageResult:
         target = ctx.target
         target.check_scheme(config.scheme)
-        calibration = ctx.data.calibration.x[: config.calibration_samples]
-        converted = target.convert(artifact, config, calibration, ctx.workdir / "model", progress=ctx.progress)
+        cal = ctx.data.calibration
+        calibration = cal.x[: config.calibration_samples]
+        # Labeled data for a quantizer that checks accuracy itself: the calibration split, never
+        # the evaluation split, so that the accuracy this build reports is measured on unseen data.
+        validation = (calibration, cal.y[: config.calibration_samples])
+        converted = target.convert(artifact, config, calibration, ctx.workdir / "model", progress=ctx.progress,
+                                   validation=validation)
         ev = ctx.data.evaluation
         run = run_artifact(target, converted, "host", ev.x, ctx.workdir / "host-eval")
         metrics = {"size_bytes": converted.size_bytes, "format": target.format, "scheme": config.scheme,

@@ -62,10 +62,12 @@ class Target(ABC):
 
     @abstractmethod
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None) -> Artifact:
+                *, progress: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Artifact:
         """Quantize (per `quantize.scheme`) and convert to the target format.
 
-        `calibration` is float32 NCHW, already preprocessed. Returns the artifact with
+        `calibration` is float32 NCHW, already preprocessed. `validation` is labeled
+        (x, y), disjoint from the evaluation split, for a quantizer that controls accuracy
+        itself (NNCF's accuracy control); other targets ignore it. Returns the artifact with
         meta["layout"] ("NCHW"/"NHWC") and meta["scheme"] set, plus anything the
         report should show (meta["notes"], e.g. reverted layers or delegation).
         """

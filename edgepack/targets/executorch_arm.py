@@ -102,7 +102,7 @@ class ExecuTorchArm(Target):
 
     # -- convert ------------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None, **_: Any) -> Artifact:
+                *, progress: Any = None, validation: Any = None) -> Artifact:
         self.check_scheme(quantize.scheme)
         if exported.kind != "pt2":
             raise UsageError(f"target {self.name!r} converts a torch.export program (.pt2), got a "

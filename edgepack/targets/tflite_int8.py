@@ -71,7 +71,7 @@ class TfliteInt8(Target):
 
     # -- convert ----------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None) -> Artifact:
+                *, progress: Any = None, validation: Any = None) -> Artifact:
         self.check_scheme(quantize.scheme)
         if exported.kind != "onnx":
             raise UsageError(f"target {self.name!r} converts from ONNX, got a {exported.kind!r} artifact ({exported.path})")

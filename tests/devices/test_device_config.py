@@ -109,6 +109,13 @@ def test_runner_timeout(models, tmp_path):
                       workdir=tmp_path, timeout_s=0.01)
 
 
+def test_runner_timeout_from_the_device_file(devices, models, tmp_path):
+    devices("impatient", 'transport = "local"\nrun_timeout_s = 0.01')
+    with pytest.raises(DeviceError, match=r"device 'impatient' timed out after 0.01 s"):
+        run_on_device("impatient", models.tflite_float, models.inputs(), warmup=0, runs=1, threads=1,
+                      workdir=tmp_path)
+
+
 def test_format_without_runtime(devices, models, tmp_path):
     devices("tfl-only", 'transport = "local"\nruntimes = ["ai_edge_litert"]')
     with pytest.raises(DeviceError, match=r"device 'tfl-only' has no runtime for .xml files"):

@@ -30,6 +30,8 @@ def test_target_all_writes_three_bundles_and_a_comparison(tiny, tmp_path):
         assert r["status"] == "passed" and r["scheme"] == "int8" and r["p50_ms"] > 0
         # (no size ratio asserted: on a 1.5 K-parameter model the quantization metadata outweighs the weights)
         assert r["reference"]["size_bytes"] > 0 and r["reference"]["p50_ms"] > 0
+    # The profile's accuracy control ran on the labeled calibration split (never the evaluation split).
+    assert any(n.startswith("NNCF accuracy control on 32 labeled samples") for n in rows["openvino-cpu"]["notes"])
     md = (out / "comparison.md").read_text()
     assert "| executorch-arm | passed |" in md and "comparison.png" in md
     assert (out / "comparison.png").stat().st_size > 0

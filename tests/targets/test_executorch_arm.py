@@ -12,65 +12,8 @@ from edgepack.config import PROFILES_DIR, QuantizeConfig, load_settings
 from edgepack.errors import ConversionError, ToolchainMissing, UsageError
 from edgepack.targets.base import get_target
 
-pytest.importorskip("executorch")
-pytest.importorskip("torchao")
 
 CLASSES = 4
-
-
-# -- a small learnable problem ----------------------------------------------------------
-
-def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """3x16x16 images: each class is a bright quadrant, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, CLASSES, n)
-    x = rng.normal(0, 0.6, (n, 3, 16, 16)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, :, r * 8:(r + 1) * 8, col * 8:(col + 1) * 8] += 1.0
-    return x, y.astype(np.int64)
-
-
-def small_cnn():
-    from torch import nn
-
-    class SmallCNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.fc = nn.Linear(32, CLASSES)
-
-        def forward(self, x):
-            return self.fc(self.features(x))
-
-    return SmallCNN()
-
-
-@pytest.fixture(scope="module")
-def problem():
-    import torch
-
-    torch.manual_seed(0)
-    model = small_cnn()
-    x, y = make_data(256, seed=0)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)     # small tensors: more threads only spin on a busy machine
-    try:
-        for _ in range(30):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt), yt).backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    ex, ey = make_data(128, seed=1)
-    return {"model": model, "calibration": x[:64], "x": ex, "y": ey}
 
 
 @pytest.fixture(scope="module")
