@@ -15,7 +15,7 @@ from .artifacts import Artifact
 from .torchmodel import accuracy, agreement
 
 
-def run_artifact(target: Any, artifact: Artifact, device: str, x_nchw: np.ndarray, workdir: Path, *,
+def run_artifact(target: Any, artifact: Artifact, device: Any, x_nchw: np.ndarray, workdir: Path, *,
                  warmup: int = 0, runs: int = 1, threads: int | None = 1, timeout_s: float | None = None) -> Any:
     from .devices import run_on_device
 

@@ -45,10 +45,14 @@ class ValidateStage(Stage):
 
         devices, ref_devices, notes = [], [], []
         host_outputs = None
-        for name in config.devices:
+        from ..devices import load_device
+
+        for spec in config.devices:
+            device = load_device(spec)       # a device name, or the path of a device file
+            name = device.name
             wd = ctx.workdir / name
             try:
-                run = run_artifact(ctx.target, artifact, name, ev.x, wd / "artifact", **timing)
+                run = run_artifact(ctx.target, artifact, device, ev.x, wd / "artifact", **timing)
             except DeviceError as e:
                 devices.append({"name": name, "error": str(e)})
                 notes.append(f"device {name} failed: {e}")
@@ -60,7 +64,7 @@ class ValidateStage(Stage):
                 host_outputs = run.outputs
             if reference is not None:
                 try:
-                    rrun = run_artifact(ctx.target, reference, name, ev.x, wd / "reference", **timing)
+                    rrun = run_artifact(ctx.target, reference, device, ev.x, wd / "reference", **timing)
                     rentry = _device_entry(rrun, name)
                     rentry.update(score(rrun.outputs, ev.y, teacher_out))
                     ref_devices.append(rentry)
