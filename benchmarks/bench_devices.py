@@ -60,10 +60,13 @@ def main() -> None:
         rows += device_rows(r)
         print(f"built {name}: passed={r['passed']}", flush=True)
 
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"benchmark": "devices", "machine": platform.machine(), "devices": devices,
+                                     "runs": args.runs, "rows": rows}, indent=2) + "\n")
     print()
-    for x in rows:
-        if "cpu" in x:
-            print(f"{x['device']:<14} {x['arch']:<8} {x['cpu']['model']}  ISA: {' '.join(x['cpu'].get('isa', []))}")
+    cpus = {x["device"]: (x["arch"], x["cpu"]) for x in rows if x.get("cpu")}   # the report keeps it per bundle row
+    for name, (arch, cpu) in cpus.items():
+        print(f"{name:<14} {arch:<8} {cpu['model']}  ISA: {' '.join(cpu.get('isa', []))}")
     print(f"\n{'target':<16}{'model':<16}{'device':<14}{'emulated':>9}{'acc %':>8}{'init ms':>9}{'p50 ms':>10}"
           f"{'p90 ms':>10}{'RSS MB':>8}")
     for x in rows:
@@ -73,9 +76,6 @@ def main() -> None:
             continue
         print(f"{head}{'EMULATED' if x['emulated'] else 'no':>9}{x['accuracy']:>8.2f}{x['init_ms']:>9.1f}"
               f"{x['p50_ms']:>10.3f}{x['p90_ms']:>10.3f}{x['peak_rss_mb'] or 0:>8.1f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"benchmark": "devices", "machine": platform.machine(), "devices": devices,
-                                     "runs": args.runs, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
 
 

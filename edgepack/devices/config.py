@@ -18,6 +18,11 @@ from ..errors import UsageError
 RuntimeName = Literal["ai_edge_litert", "tflite_runtime", "openvino", "executorch"]
 ALL_RUNTIMES: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "openvino", "executorch")
 DEFAULT_QEMU_ROOT = "~/.cache/edgepack/qemu-aarch64"
+# The CPU qemu emulates (`qemu-aarch64 -cpu`). Not qemu's "max" (SVE2, SME, i8mm...): under
+# qemu 7.2 OpenVINO's ARM kernels take paths there that give wrong answers (measured: 22 %
+# top-1 against 100 % on a Cortex-A72, A76 or Neoverse-N1 on the same 60 digits). A Cortex-A76
+# is the core of a Raspberry Pi 5: NEON, dot product, fp16.
+DEFAULT_QEMU_CPU = "cortex-a76"
 
 
 def devices_dir() -> Path:
@@ -63,6 +68,8 @@ class QemuDevice(DeviceConfig):
     arch: str = "aarch64"
     runtimes: tuple[RuntimeName, ...] = ("tflite_runtime", "openvino")
     root: str | None = None             # emulator root; None: $EDGEPACK_QEMU_ROOT or DEFAULT_QEMU_ROOT
+    cpu: Literal["cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx", "max"] = \
+        DEFAULT_QEMU_CPU
 
     def root_path(self) -> Path:
         """$EDGEPACK_QEMU_ROOT wins (CI and tests point every run at one cache), then `root`."""

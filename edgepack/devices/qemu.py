@@ -44,7 +44,7 @@ class QemuTransport(HostFilesTransport):
         for runtime in listed:
             record = runtimes["runtimes"].get(runtime)
             if record and record.get("ok"):
-                argv = emulator_argv(self.root)
+                argv = emulator_argv(self.root, self.device.cpu)
                 if self.device.python:          # another interpreter inside the root
                     argv[-1] = str(self.root / self.device.python.lstrip("/"))
                 return RunnerCommand(argv=argv, runtimes=[runtime], env=emulator_env(self.root, runtime))
@@ -65,6 +65,7 @@ class QemuTransport(HostFilesTransport):
         state = read_marker(self.root) or {}
         host = cpu_info()["model"]
         cpu = dict(result.get("cpu") or {})
-        cpu["model"] = f"qemu-aarch64 {state.get('qemu', '')} (emulated) on {host}".replace("  ", " ")
+        cpu["model"] = (f"qemu-aarch64 {state.get('qemu', '')} -cpu {self.device.cpu} (emulated) "
+                        f"on {host}").replace("  ", " ")
         facts["cpu"] = cpu
         return facts

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeviceError, ToolchainMissing, UsageError
+from .config import DEFAULT_QEMU_CPU
 from .qemu_probes import probe_model, probe_script
 from .transport import describe_exit, run_subprocess, tail
 
@@ -84,9 +85,9 @@ def read_marker(root: Path) -> dict | None:
     return state
 
 
-def emulator_argv(root: Path) -> list[str]:
-    """How to start the root's Python under the emulator."""
-    return [QEMU, "-L", str(root), str(root / PYTHON)]
+def emulator_argv(root: Path, cpu: str = DEFAULT_QEMU_CPU) -> list[str]:
+    """How to start the root's Python under the emulator, as `cpu` (see DEFAULT_QEMU_CPU)."""
+    return [QEMU, "-cpu", cpu, "-L", str(root), str(root / PYTHON)]
 
 
 def emulator_env(root: Path, runtime: str | None) -> dict[str, str]:

@@ -52,7 +52,8 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
                      f"{d.get('threads', '–')} | {_n(d.get('init_ms'), '{:.1f}')} | {_lat(d, 'p50')} | "
                      f"{_lat(d, 'p90')} | {_lat(d, 'p99')} | "
                      f"{_n(lat.get('mean'), '{:.3f}')} ± {_n(lat.get('std'), '{:.3f}')} | "
-                     f"{_n(d.get('peak_rss_mb'), '{:.1f}')} | {_n(d.get('accuracy'), '{:.2f}')} |")
+                     f"{_n(d.get('peak_rss_mb'), '{:.1f}')} | {_n(d.get('accuracy'), '{:.2f}')}"
+                     f"{' **over budget**' if d.get('gate_failed') else ''} |")
     cpus = {(d.get("name"), (d.get("cpu") or {}).get("model"), " ".join((d.get("cpu") or {}).get("isa", [])))
             for d in r["devices"] if not d.get("error")}
     for name, model, isa in sorted(cpus, key=str):

@@ -24,6 +24,25 @@ def _device_entry(run, name: str) -> dict:
     return entry
 
 
+def gate_devices(ok: list[dict], gate_dev: dict | None, teacher_acc: float, budget: float) -> list[str]:
+    """Every device answers to the same accuracy budget as the gate device: the same file on
+    other kernels (ARM, another ISA) can compute differently, and a device that gets it wrong
+    must not pass unseen. Marks each entry with drop_pp, accuracy_vs_gate_pp and, over budget,
+    gate_failed; returns the notes for the report."""
+    notes = []
+    for d in ok:
+        d["drop_pp"] = round(teacher_acc - d["accuracy"], 4)
+        if gate_dev is None:
+            continue
+        d["accuracy_vs_gate_pp"] = round(d["accuracy"] - gate_dev["accuracy"], 4)
+        if d is not gate_dev and d["drop_pp"] > budget:
+            d["gate_failed"] = (f"accuracy {d['accuracy']:.2f} % on this device ({d['accuracy_vs_gate_pp']:+.2f} pp "
+                                f"against {gate_dev['name']}): drop {d['drop_pp']:.2f} pp exceeds "
+                                f"validate.max_accuracy_drop_pp = {budget}")
+            notes.append(f"device {d['name']}: {d['gate_failed']}")
+    return notes
+
+
 class ValidateStage(Stage):
     name = "validate"
     order = 60
@@ -81,11 +100,10 @@ class ValidateStage(Stage):
                "passed": drop is not None and drop <= config.max_accuracy_drop_pp}
         if gate_dev:
             acc.update(top1_agreement=gate_dev["top1_agreement"], cosine_similarity=gate_dev["cosine_similarity"])
-        for d in ok:   # on-device accuracy against the host's
-            d["accuracy_vs_gate_pp"] = round(d["accuracy"] - value, 4)
         if not acc["passed"] and drop is not None:
             notes.append(f"accuracy drop {drop:.2f} pp exceeds validate.max_accuracy_drop_pp = {config.max_accuracy_drop_pp}")
-        failed_devices = [d["name"] for d in devices if "error" in d]
+        notes += gate_devices(ok, gate_dev, teacher_acc, config.max_accuracy_drop_pp)
+        failed_devices = [d["name"] for d in devices if "error" in d or "gate_failed" in d]
         metrics = {"accuracy": acc, "devices": devices, "reference_devices": ref_devices,
                    "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices}
 

@@ -224,7 +224,13 @@ class ExecuTorchArm(Target):
 # -- PT2E -------------------------------------------------------------------------
 
 def _quantize(program: Any, scheme: str, per_channel: bool, calib: np.ndarray, sample: Any) -> Any:
+    import logging
+
     import torch
+
+    # torchao warns at import that its CUDA kernels (mxfp8, cutlass) do not load: true of every
+    # CPU install and of no use to an XNNPACK build, so kept off the terminal.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                           get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
