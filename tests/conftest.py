@@ -49,6 +49,12 @@ def make_tiny_data(n: int = 160, classes: int = 4, seed: int = 0) -> tuple[np.nd
 
 
 @pytest.fixture(scope="session")
+def tiny_data():
+    """make_tiny_data(n, classes, seed) -> (x, y): more samples of the tiny problem."""
+    return make_tiny_data
+
+
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     """A model file, trained weights and an .npz, on disk as a user would give them."""
     import importlib.util

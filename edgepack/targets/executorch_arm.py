@@ -27,6 +27,7 @@ Traps this module handles (executorch 1.5.1, torchao 0.18, torch 2.13):
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from collections import Counter
@@ -39,6 +40,12 @@ from ..artifacts import Artifact, atomic_write_bytes
 from ..errors import ConversionError, UsageError
 from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
 from .base import Target
+
+# torchao (imported by executorch.exir) warns that its CUDA kernels (mxfp8, cutlass) do not
+# load (true of every CPU install, of no use to an XNNPACK build) and, through torch's pytree
+# logger, about its own enum registration: neither is the user's business.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 _LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 # ScalarType codes of executorch's TensorInfo.dtype()
@@ -224,13 +231,8 @@ class ExecuTorchArm(Target):
 # -- PT2E -------------------------------------------------------------------------
 
 def _quantize(program: Any, scheme: str, per_channel: bool, calib: np.ndarray, sample: Any) -> Any:
-    import logging
-
     import torch
 
-    # torchao warns at import that its CUDA kernels (mxfp8, cutlass) do not load: true of every
-    # CPU install and of no use to an XNNPACK build, so kept off the terminal.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                           get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

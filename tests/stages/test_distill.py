@@ -55,23 +55,12 @@ STUDENTS = textwrap.dedent('''
 ''')
 
 
-def tiny_split(n: int, seed: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """The recipe of tests/conftest.py's data (a bright square per class), other samples."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.normal(0, 0.3, (n, 1, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, 0, r * 4:(r + 1) * 4, col * 4:(col + 1) * 4] += 2.0
-    return x, y.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
-def files(tiny, tmp_path_factory) -> dict[str, Path]:
+def files(tiny, tmp_path_factory, tiny_data) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("distill")
-    x, y = tiny_split(200, seed=1)
+    x, y = tiny_data(200, seed=1)
     np.savez(root / "train.npz", x=x, y=y)
-    x, y = tiny_split(200, seed=2)
+    x, y = tiny_data(200, seed=2)
     keep = y != 3
     np.savez(root / "train_missing_class.npz", x=x[keep], y=y[keep])
     (root / "students.py").write_text(STUDENTS)

@@ -13,20 +13,10 @@ SMALL = ["distill.epochs=2", "distill.batch_size=16", "distill.lr=0.01", "prune.
          "lowrank.epochs=1", "lowrank.batch_size=16"]
 
 
-def tiny_split(n: int, seed: int, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.normal(0, 0.3, (n, 1, 8, 8)).astype(np.float32)
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, 0, r * 4:(r + 1) * 4, col * 4:(col + 1) * 4] += 2.0
-    return x, y.astype(np.int64)
-
-
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory) -> Path:
+def train_file(tmp_path_factory, tiny_data) -> Path:
     path = tmp_path_factory.mktemp("prune") / "train.npz"
-    x, y = tiny_split(200, seed=1)
+    x, y = tiny_data(200, seed=1)
     np.savez(path, x=x, y=y)
     return path
 

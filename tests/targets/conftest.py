@@ -46,6 +46,26 @@ def make_cnn():
     return ResidualCNN()
 
 
+def fit(model, x: np.ndarray, y: np.ndarray, *, steps: int, batch: int) -> None:
+    """Adam on cross-entropy, cycling through x in batches; leaves the model in eval mode."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    per_epoch = max(len(x) // batch, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # small tensors: more threads only spin, badly so on a busy CI box
+    try:
+        for step in range(steps):
+            rows = slice((step % per_epoch) * batch, (step % per_epoch + 1) * batch)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[rows]), yt[rows]).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+
+
 @pytest.fixture(scope="session")
 def cnn():
     """(model in eval mode, calibration x, evaluation x, evaluation y), trained to ~100 %."""
@@ -54,19 +74,7 @@ def cnn():
     torch.manual_seed(0)
     model = make_cnn()
     x, y = make_blobs(512, seed=1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)     # tiny batches: more threads only spin, badly so on a busy CI box
-    try:
-        for step in range(80):
-            batch = slice((step % 8) * 64, (step % 8 + 1) * 64)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch]).backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    fit(model, x, y, steps=80, batch=64)
     x_eval, y_eval = make_blobs(64, seed=2)
     return model, x[:128], x_eval, y_eval
 
@@ -166,17 +174,6 @@ def problem():
     torch.manual_seed(0)
     model = small_cnn()
     x, y = make_quadrants(256, seed=0)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)     # small tensors: more threads only spin on a busy machine
-    try:
-        for _ in range(30):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt), yt).backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
+    fit(model, x, y, steps=30, batch=256)
     ex, ey = make_quadrants(128, seed=1)
     return {"model": model, "calibration": x[:128], "x": ex, "y": ey}
