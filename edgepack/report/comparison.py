@@ -67,20 +67,23 @@ def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in ok:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    # Colour per target, marker per model (o bundle, x its FP32 reference): a legend instead of
+    # text labels, which overlap when two targets land close together.
+    for i, r in enumerate(ok):
+        color = f"C{i}"
         size_kib = r["size_bytes"] / 1024
-        ax.scatter(r["p50_ms"], r["accuracy"], s=40 + 8 * size_kib ** 0.5, alpha=0.75, label=r["target"])
-        ax.annotate(f"{r['target']}\n{size_kib:,.0f} KiB", (r["p50_ms"], r["accuracy"]), fontsize=8,
-                    xytext=(6, 4), textcoords="offset points")
+        ax.scatter(r["p50_ms"], r["accuracy"], s=40 + 8 * size_kib ** 0.5, alpha=0.8, color=color,
+                   label=f"{r['target']} ({size_kib:,.0f} KiB)")
         ref = r.get("reference")
         if ref and ref.get("p50_ms"):
-            ax.scatter(ref["p50_ms"], ref["accuracy"], marker="x", color="grey")
-            ax.annotate(f"FP32 ({r['target']})", (ref["p50_ms"], ref["accuracy"]), fontsize=7, color="grey",
-                        xytext=(6, -10), textcoords="offset points")
+            ax.scatter(ref["p50_ms"], ref["accuracy"], marker="x", s=60, color=color)
+    ax.scatter([], [], marker="x", color="grey", label="FP32 reference (same colour)")
+    ax.set_xscale("log")
+    ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("host p50 latency (ms)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs latency per target (marker area ~ size; x = FP32 reference)")
+    ax.set_title("accuracy vs host latency per target (marker area ~ size)")
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=110)
     plt.close(fig)
