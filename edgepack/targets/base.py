@@ -19,6 +19,7 @@ from ..artifacts import Artifact
 from ..errors import ToolchainMissing, UsageError
 
 REGISTRY: dict[str, type["Target"]] = {}
+_EXPORT_FORMATS = {"onnx": "from ONNX", "pt2": "a torch.export program (.pt2)"}
 
 
 class Target(ABC):
@@ -27,7 +28,7 @@ class Target(ABC):
     runtime: ClassVar[str]           # the runtime package that loads it on a device
     runtime_min_version: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()   # importable module names of the toolchain
-    export_format: ClassVar[str] = "onnx"      # what the export stage hands to convert()
+    export_format: ClassVar[str] = "onnx"      # Artifact.kind that export() makes and convert() takes
     schemes: ClassVar[tuple[str, ...]] = ("int8", "dynamic", "none")
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -59,6 +60,20 @@ class Target(ABC):
         from ._onnx import export_onnx
 
         return export_onnx(model, sample, out_dir / "model.onnx", opset=opset)
+
+    def convert_inputs(self, exported: Artifact, quantize: Any, calibration: np.ndarray) -> np.ndarray:
+        """The checks every convert() starts with: a scheme this target supports, the artifact
+        kind its export() makes, calibration data for static int8. Returns the calibration
+        samples the profile asks for, float32 and contiguous."""
+        self.check_scheme(quantize.scheme)
+        if exported.kind != self.export_format:
+            what = _EXPORT_FORMATS.get(self.export_format, f"a {self.export_format!r} artifact")
+            raise UsageError(f"target {self.name!r} converts {what}, got a {exported.kind!r} artifact "
+                             f"({exported.path})")
+        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
+        if quantize.scheme == "int8" and len(calib) == 0:
+            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
+        return calib
 
     @abstractmethod
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,

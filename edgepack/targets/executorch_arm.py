@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Artifact, atomic_write_bytes
-from ..errors import ConversionError, UsageError
+from ..errors import ConversionError
 from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
 from .base import Target
 
@@ -63,7 +63,7 @@ class ExecuTorchArm(Target):
     runtime = "executorch"
     runtime_min_version = "1.5"     # a .pte loads in the runtime version that wrote it, or newer
     requires = ("executorch", "torchao")
-    export_format = "torch"
+    export_format = "pt2"
     quantizer = "PT2E with the XNNPACK quantizer (torchao.quantization.pt2e)"
 
     # -- export -------------------------------------------------------------------
@@ -110,16 +110,10 @@ class ExecuTorchArm(Target):
     # -- convert ------------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
                 *, progress: Any = None, validation: Any = None) -> Artifact:
-        self.check_scheme(quantize.scheme)
-        if exported.kind != "pt2":
-            raise UsageError(f"target {self.name!r} converts a torch.export program (.pt2), got a "
-                             f"{exported.kind!r} artifact ({exported.path})")
+        calib = self.convert_inputs(exported, quantize, calibration)
         import torch
 
         scheme = quantize.scheme
-        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
-        if scheme == "int8" and len(calib) == 0:
-            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
         notes: list[str] = []
         if quantize.io != "float32" and scheme != "none":
             notes.append(f"quantize.io = {quantize.io!r}: the .pte keeps float32 input and output "

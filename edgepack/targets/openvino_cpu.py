@@ -45,7 +45,7 @@ from pydantic import Field
 
 from ..artifacts import Artifact
 from ..config import QuantizeConfig
-from ..errors import ConversionError, UsageError
+from ..errors import ConversionError
 from ._onnx import INPUT_NAME, quiet
 from .base import Target
 
@@ -93,14 +93,8 @@ class OpenVINOCpu(Target):
         """`validation`: labeled (x, y) for accuracy control (x float32 NCHW, preprocessed)."""
         if not isinstance(quantize, OpenVINOQuantizeConfig):     # the common section: NNCF's defaults
             quantize = OpenVINOQuantizeConfig(**quantize.model_dump())
-        self.check_scheme(quantize.scheme)
-        if exported.kind != "onnx":
-            raise UsageError(f"target {self.name!r} converts from ONNX, got a {exported.kind!r} artifact "
-                             f"({exported.path})")
+        calib = self.convert_inputs(exported, quantize, calibration)
         scheme = quantize.scheme
-        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
-        if scheme == "int8" and len(calib) == 0:
-            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
         notes: list[str] = []
         if quantize.io != "float32" and scheme != "none":
             notes.append(f"quantize.io = {quantize.io!r}: OpenVINO IR keeps float32 input and output "

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from ..artifacts import Artifact, atomic_write_bytes
-from ..errors import ConversionError, UsageError
+from ..errors import ConversionError
 from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
 from .base import Target
 
@@ -72,13 +72,8 @@ class TfliteInt8(Target):
     # -- convert ----------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
                 *, progress: Any = None, validation: Any = None) -> Artifact:
-        self.check_scheme(quantize.scheme)
-        if exported.kind != "onnx":
-            raise UsageError(f"target {self.name!r} converts from ONNX, got a {exported.kind!r} artifact ({exported.path})")
+        calib = self.convert_inputs(exported, quantize, calibration)
         scheme = quantize.scheme
-        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
-        if scheme == "int8" and len(calib) == 0:
-            raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
         io = quantize.io if scheme == "int8" else "float32"
         notes = []
         if io != quantize.io:
