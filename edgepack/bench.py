@@ -1,9 +1,9 @@
 """`edgepack bench`: run finished bundles on devices and compare them.
 
 Each bundle is checked against its manifest, unpacked, and run on each device by the
-same runner as `build`. Inputs for on-device accuracy: --data if given, else the
-evaluation split the bundle's report records (re-made deterministically when that data
-is on this machine), else the bundle's own reference.npz.
+same runner as `build`. Inputs: --data if given (its evaluation split), else the bundle's
+own reference.npz, whose expected outputs (what the build's host run gave) every device's
+outputs are compared with (SQNR, cosine); a classification bundle also gets top-1.
 """
 from __future__ import annotations
 
@@ -51,32 +51,60 @@ def open_bundle(path: Path, scratch: Path) -> BundleUnderTest:
     return BundleUnderTest(path, manifest, report, root)
 
 
-def _to_layout(x: np.ndarray, layout: str | None) -> np.ndarray:
-    if layout == "NHWC" and x.ndim == 4:
-        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    return x
-
-
-def bench_inputs(b: BundleUnderTest, data: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """(x in the model's layout, y, where they came from)."""
+def bench_inputs(b: BundleUnderTest, data: str | None) -> tuple[dict[str, np.ndarray], Any, list | None, str]:
+    """(inputs in the model's layout, named; targets; the outputs the build's host run gave
+    on them, or None; where they came from)."""
+    from .arrays import as_arrays
     from .config import DataConfig
     from .inputs.data import load_data
+    from .targets.base import to_layout
 
-    layout = b.manifest["inputs"][0].get("layout")
-    source = data or (b.report or {}).get("data", {}).get("source")
-    if source and Path(source).exists():
-        cfg = DataConfig(**(b.report or {}).get("config", {}).get("data", {})) if not data else DataConfig()
-        ds = load_data(source, cfg, calibration_samples=0)
-        if ds.input_shape != tuple(b.manifest["inputs"][0]["shape"][1:]) and \
-                _to_layout(ds.evaluation.x[:1], layout).shape[1:] != tuple(b.manifest["inputs"][0]["shape"][1:]):
-            raise UsageError(f"{source}: samples of shape {ds.input_shape} do not fit {b.path}'s input "
-                             f"{b.manifest['inputs'][0]['shape']}")
-        return _to_layout(ds.evaluation.x, layout), ds.evaluation.y, f"{source} (evaluation split)"
+    specs = b.manifest["inputs"]
+    if data:
+        ds = load_data(data, DataConfig(allow_overlap=True), calibration_samples=0)
+        given = ds.evaluation.x
+        if len(given) != len(specs):
+            raise UsageError(f"{data}: {len(given)} input(s) ({', '.join(given)}); {b.path} takes {len(specs)} "
+                             f"({', '.join(s['name'] for s in specs)})")
+        inputs = {}
+        for spec, (name, x) in zip(specs, given.items()):
+            x = to_layout(x, spec.get("layout"))
+            if tuple(x.shape[1:]) != tuple(spec["shape"][1:]):
+                raise UsageError(f"{data}: {name} samples of shape {tuple(x.shape[1:])} do not fit {b.path}'s "
+                                 f"input {spec['name']} {spec['shape']}")
+            inputs[spec["name"]] = x
+        return inputs, ds.evaluation.y, None, f"{Path(data).name} (evaluation split)"
     ref = b.root / "reference.npz"
     if not ref.exists():
-        raise UsageError(f"{b.path}: no reference.npz and no --data to measure accuracy with")
+        raise UsageError(f"{b.path}: no reference.npz and no --data to measure on")
     with np.load(ref) as z:
-        return z["x"], z["y"], f"{b.path.name}: reference.npz"
+        files = list(z.files)
+        inputs = {k[2:]: z[k] for k in files if k.startswith("x.")} or as_arrays(z["x"], specs[0]["name"])
+        expected = [z[k] for k in files if k.startswith("expected.")] or (
+            [z["expected_outputs"]] if "expected_outputs" in files else None)
+        y = z["y"] if "y" in files else ({k[2:]: z[k] for k in files if k.startswith("y.")} or None)
+    return inputs, y, expected, f"{b.path.name}: reference.npz"
+
+
+def score_run(report: dict[str, Any] | None, outputs: list[np.ndarray], y: Any, expected: list | None,
+              specs: list[dict[str, Any]] = ()) -> dict:
+    """What bench can say without the build's data: top-1 for a classification bundle with
+    labels, and agreement with the outputs the build saw (SQNR, cosine) where it has them."""
+    from .targets.base import from_layout
+    from .tasks import agreement_metrics, classification_metrics
+
+    task = ((report or {}).get("accuracy") or {}).get("task", "classification")
+    out: dict[str, Any] = {}
+    first = from_layout(outputs[0], specs[0].get("layout")) if specs else outputs[0]
+    if task == "classification" and isinstance(y, np.ndarray) and y.ndim == first.ndim - 1:
+        m = classification_metrics(first, y)
+        out["metric"], out["accuracy"] = next(iter(m.items()))
+    if expected is not None and len(expected) == len(outputs):
+        ag = agreement_metrics(outputs, expected)
+        out.update(sqnr_db=ag["sqnr_db_min"], cosine_similarity=ag["cosine_min"])
+        if "accuracy" not in out:
+            out["metric"], out["accuracy"] = "sqnr_db", ag["sqnr_db_min"]
+    return out
 
 
 def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warmup: int, runs: int,
@@ -92,17 +120,18 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
         for i, path in enumerate(bundles):
             opened.append(open_bundle(Path(path), tmp / f"b{i}"))
         for i, b in enumerate(opened):
-            x, y, source = bench_inputs(b, data)
+            x, y, expected, source = bench_inputs(b, data)
             inputs = tmp / f"inputs-{i}.npz"
-            np.savez(inputs, x=x.astype(np.float32))
+            np.savez(inputs, **x)
+            output_names = [o["name"] for o in b.manifest.get("outputs", [])]
             host_acc = None          # on-device accuracy is compared with the host's
             for dev in devices:
                 log(f"{b.label} on {dev} …")
                 row: dict[str, Any] = {"bundle": b.label, "target": b.manifest.get("target"), "device": dev,
-                                       "inputs": source, "n_inputs": int(len(y))}
+                                       "inputs": source, "n_inputs": int(len(next(iter(x.values()))))}
                 try:
                     run = run_on_device(dev, b.model, inputs, warmup=warmup, runs=runs, threads=threads,
-                                        workdir=tmp / f"run-{i}")
+                                        workdir=tmp / f"run-{i}", output_names=output_names or None)
                 except DeviceError as e:
                     row["error"] = str(e).splitlines()[0]
                     row["error_detail"] = str(e)
@@ -110,17 +139,18 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
                     log(f"  failed: {row['error']}")
                     continue
                 r = run.result
-                acc = float((run.outputs.reshape(len(y), -1).argmax(1) == y).mean() * 100)
                 row.update({k: r.get(k) for k in ("arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
                                                   "init_ms", "latency_ms", "samples_ms", "peak_rss_mb")})
-                row["accuracy"] = acc
+                row.update(score_run(b.report, run.outputs, y, expected, b.manifest.get("outputs", [])))
+                acc = row.get("accuracy")
                 if dev == "host":
                     host_acc = acc
                 results.append(row)
-                log(f"  p50 {r['latency_ms']['p50']:.3f} ms, accuracy {acc:.2f} %"
+                log(f"  p50 {r['latency_ms']['p50']:.3f} ms, {row.get('metric', 'metric')} "
+                    + (f"{acc:.2f}" if acc is not None else "–")
                     + (" (emulated)" if r.get("emulated") else ""))
             for row in results:
-                if row["bundle"] == b.label and "accuracy" in row and host_acc is not None:
+                if row["bundle"] == b.label and row.get("accuracy") is not None and host_acc is not None:
                     row["accuracy_vs_host_pp"] = round(row["accuracy"] - host_acc, 4)
         summary = [{"name": b.label, "path": str(b.path), "target": b.manifest.get("target"),
                          "format": b.manifest.get("format"), "scheme": b.manifest.get("scheme"),

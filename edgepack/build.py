@@ -12,10 +12,11 @@ from .bundle import bundle_name, make_manifest, model_filename, write_bundle
 from .config import Settings, load_settings
 from .errors import UsageError
 from .inputs.data import Dataset, load_data
-from .inputs.model import LoadedModel, check_forward, load_model
+from .inputs.model import LoadedModel, check_forward, load_model, order_inputs
 from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
 from .stages.base import BuildContext
 from .targets.base import Target, get_target
+from .tasks import check_task_fits, resolve_task
 
 
 @dataclass
@@ -31,6 +32,8 @@ class BuildRequest:
     overrides: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     use_cache: bool = True
+    metric: str | None = None          # --metric FILE.py:FUNCTION (task.metric)
+    allow_overlap: bool = False        # --allow-overlap (data.allow_overlap)
 
 
 @dataclass
@@ -63,6 +66,8 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
     """Everything that can fail on bad input, before any file is written."""
     target = get_target(req.target)
     overrides = list(req.overrides)
+    if req.allow_overlap:
+        overrides.append("data.allow_overlap=true")
     if req.devices:
         overrides.append("validate.devices=[" + ", ".join(f'"{d}"' for d in req.devices) + "]")
     settings = load_settings(req.target, section_models(target), project_file=req.config, overrides=overrides)
@@ -79,9 +84,13 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
                               calibration_samples=settings.quantize.calibration_samples,
                               train_spec=req.train_data or inputs.train_data)
     teacher: LoadedModel = load_model(req.model or inputs.model, req.weights or inputs.weights)
-    check_forward(teacher, data.evaluation.x, len(data.labels), data.source)
+    data = data.with_input_order(order_inputs(teacher, data.evaluation.x, data.source))
+    probe = data.evaluation.take(slice(0, 8))
+    outputs, names = check_forward(teacher, probe.x, data.source)
+    task = resolve_task(settings.task, outputs, probe.y, data.source, req.metric)
+    check_task_fits(task, outputs, data.labels, data.source)
     ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log,
-                       student_spec=req.student or inputs.student)
+                       student_spec=req.student or inputs.student, task=task, output_names=names)
     for stage, enabled in plan(ctx):
         if enabled:
             stage.check(settings[stage.section], ctx)
@@ -112,7 +121,8 @@ def run_build(p: Prepared, *, use_cache: bool = True,
     ref_io = ctx.results["validate"].extras.get("reference_io")
     if ref_io is not None:
         files["reference.npz"] = ref_io.path
-    files["labels.txt"] = "\n".join(ctx.data.labels) + "\n"
+    if ctx.data.labels:
+        files["labels.txt"] = "\n".join(ctx.data.labels) + "\n"
     files["report.json"] = _json(report)
     files["report.md"] = render_markdown(report, plots)
     for plot in plots:

@@ -45,6 +45,8 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
         "scheme": artifact.meta.get("scheme"),
         "inputs": inputs,
         "outputs": io["outputs"],
+        # Batch size the file takes: 1 unless the route kept a dynamic batch (export.dynamic_batch).
+        "batch": "dynamic" if any((i.get("shape") or [1])[0] in (-1, None) for i in inputs) else 1,
         "preprocessing": pre,
         "labels": labels,
         "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,

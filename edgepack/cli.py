@@ -52,10 +52,11 @@ class Printer:
         if m.get("size_bytes"):
             bits.append(f"{m['size_bytes'] / 1024:,.1f} KiB")
         acc = m.get("accuracy")
+        metric = m.get("metric", "top1")
         if isinstance(acc, dict):
-            acc = acc.get("value")
+            acc, metric = acc.get("value"), acc.get("metric", metric)
         if acc is not None:
-            bits.append(f"acc {acc:.2f}%")
+            bits.append(f"{metric} {acc:.2f}")
         click.echo("  ".join(bits))
 
 
@@ -81,14 +82,16 @@ def main() -> None:
 @click.option("--data", type=click.Path(), help=".npz (x, y), a folder with calibration.npz + evaluation.npz, or an image folder.")
 @click.option("--train-data", type=click.Path(), help=".npz (x, y) for the stages that train (distill, prune fine-tuning).")
 @click.option("--student", help="FILE.py:FACTORY of the student to distill into (default: derived from the teacher).")
+@click.option("--metric", help="FILE.py:FUNCTION: fn(outputs, targets) -> {name: value}, the metric that gates (task.metric).")
+@click.option("--allow-overlap", is_flag=True, help="Accept samples shared by training/calibration and evaluation data.")
 @click.option("--config", "config", type=click.Path(path_type=Path), help="Project file (edgepack.toml) overriding the profile.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: out).")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting (repeatable).")
 @click.option("--device", "devices", multiple=True, help="Validate on this device (repeatable; default: the profile's).")
 @click.option("--no-cache", is_flag=True, help="Ignore cached stage outputs and run every stage.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the stage plan; run nothing.")
-def build(target_names, model, weights, data, train_data, student, config, out, overrides, devices, no_cache,
-          dry_run) -> None:
+def build(target_names, model, weights, data, train_data, student, metric, allow_overlap, config, out, overrides,
+          devices, no_cache, dry_run) -> None:
     """Build, validate and bundle a model for one target, or several (one bundle each plus a
     comparison report; the exit code is the worst of them)."""
     from .build import BuildRequest, prepare
@@ -101,7 +104,7 @@ def build(target_names, model, weights, data, train_data, student, config, out, 
         sys.exit(e.exit_code)
     reqs = [BuildRequest(target=t, model=model, weights=weights, data=data, train_data=train_data, student=student,
                          config=config, out=out, overrides=tuple(overrides), devices=tuple(devices),
-                         use_cache=not no_cache) for t in names]
+                         use_cache=not no_cache, metric=metric, allow_overlap=allow_overlap) for t in names]
     prepared, failed = [], []
     for req in reqs:
         try:
@@ -149,7 +152,11 @@ def _build_one(prepared, keep_going: bool = False):
     from .build import run_build
 
     printer = Printer()
-    click.echo(f"edgepack {__version__}: {prepared.ctx.teacher.name} → {prepared.target.name}, out: {prepared.out}")
+    ctx = prepared.ctx
+    click.echo(f"edgepack {__version__}: {ctx.teacher.name} → {prepared.target.name} ({ctx.task.kind}: "
+               f"{ctx.task.metric}), out: {prepared.out}")
+    for note in ctx.data.notes:
+        click.echo(f"edgepack: note: {note}", err=True)
     try:
         outcome = run_build(prepared, use_cache=prepared.use_cache, on_stage=printer.stage_done)
     except EdgepackError as e:
@@ -162,8 +169,9 @@ def _build_one(prepared, keep_going: bool = False):
     acc = r["accuracy"]
     click.echo(f"bundle: {outcome.zip}  ({outcome.tree}/)")
     if acc.get("value") is not None:
-        click.echo(f"accuracy {acc['value']:.2f}% (teacher {acc['teacher']:.2f}%, drop {acc['drop_pp']:+.2f} pp, "
-                   f"budget {acc['max_drop_pp']} pp)")
+        from .report.markdown import gate_sentence
+
+        click.echo(gate_sentence(acc).replace("**", ""))
     if r["ratios"].get("size"):
         lat = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"]["latency_p50"].items())
         click.echo(f"vs FP32 reference: {r['ratios']['size']:.2f}x smaller; p50 latency {lat}")

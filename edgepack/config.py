@@ -32,10 +32,30 @@ class DataConfig(Section):
     channels: Literal[1, 3] = 3                      # image folders: grayscale or RGB
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    allow_overlap: bool = False                      # accept samples shared by training/calibration and evaluation
 
 
 class ExportConfig(Section):
     opset: int = Field(17, ge=13, le=21)
+    dynamic_batch: bool = False      # a dynamic batch dimension where the route supports it; else batch 1
+
+
+class TaskConfig(Section):
+    """What the model is for: decides the metric that gates the build and the loss that
+    distillation uses ([task] in a profile or edgepack.toml)."""
+
+    # auto: classification when y holds class ids for the first output, regression when y is
+    # float and shaped like it, agreement when there is no y, custom when a metric is given.
+    kind: Literal["auto", "classification", "agreement", "regression", "custom"] = "auto"
+    metric: str | None = None              # FILE.py:FUNCTION -> fn(outputs, targets) -> {name: value}
+    metric_key: str | None = None          # which key of the metric's result gates (default: its first)
+    higher_is_better: bool = True          # of the metric's gated key
+    max_drop: float | None = Field(None, ge=0)      # regression/custom: how much worse than the teacher, in its units
+    max_relative_drop: float = Field(0.05, ge=0)    # ... or this share of the teacher's value, when max_drop is unset
+    min_cosine: float = Field(0.98, ge=-1, le=1)    # agreement: every output's mean cosine with the FP32 teacher
+    min_sqnr_db: float = Field(10.0)                # agreement: every output's SQNR against the FP32 teacher (error energy <= 10 %)
+    distill_loss: Literal["mse", "cosine"] = "mse"  # agreement/regression/custom: per-output loss to the teacher
+    output_weights: tuple[float, ...] = ()          # its weight per output (default: 1 each)
 
 
 class QuantizeConfig(Section):
@@ -202,7 +222,7 @@ def load_settings(target: str, section_models: dict[str, type[BaseModel]], *,
     meta = {k: merged.pop(k) for k in list(merged) if k in meta_keys}
     if meta.get("name", target) != target:
         raise UsageError(f"{path}: name = {meta['name']!r} but the file is for target {target!r}")
-    models = {"inputs": InputsConfig, "data": DataConfig, **section_models}
+    models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, **section_models}
     sections: dict[str, BaseModel] = {}
     for key, value in merged.items():
         if key not in models:

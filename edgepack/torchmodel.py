@@ -29,15 +29,21 @@ def load_module(artifact: Artifact) -> Any:
     return module
 
 
-def count_params_macs(module: Any, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Parameters and multiply-accumulates for one sample (Torch-Pruning's counter)."""
+def count_params_macs(module: Any, example: Any) -> tuple[int, int]:
+    """Parameters and multiply-accumulates for one sample (Torch-Pruning's counter).
+    `example`: one sample of every input (Arrays), or a per-sample shape (one float input)."""
     import torch
     import torch_pruning as tp
 
-    example = torch.zeros((1, *input_shape))
+    from .arrays import head, to_torch
+
+    if isinstance(example, dict):
+        args = to_torch(head(example, 1))
+    else:
+        args = (torch.zeros((1, *example)),)
     was_training = module.training
     module.eval()
-    macs, params = tp.utils.count_ops_and_params(module, example)
+    macs, params = tp.utils.count_ops_and_params(module, args if len(args) > 1 else args[0])
     module.train(was_training)
     return int(params), int(macs)
 
@@ -46,25 +52,5 @@ def fp32_size_bytes(module: Any) -> int:
     return int(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
 
 
-def predict(module: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    import torch
-
-    module.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            outs.append(module(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).float().numpy())
-    return np.concatenate(outs).astype(np.float32)
-
-
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     return float((outputs.argmax(axis=1) == y).mean() * 100.0)
-
-
-def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement (%) and mean per-sample cosine similarity of two output sets."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"top1_agreement": float((a.argmax(1) == b.argmax(1)).mean() * 100.0),
-            "cosine_similarity": float(cos.mean())}

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 from pydantic import Field
 
+from .arrays import Arrays, as_arrays, flatten_outputs, head, n_samples, take, to_torch
 from .config import Section
 from .errors import UsageError
 
@@ -53,19 +54,10 @@ class TrainingConfig(Section):
 # -- losses ---------------------------------------------------------------------
 
 def kd_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float, alpha: float) -> Any:
-    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels).
+    """Classification KD (see tasks.classification_kd): kept here for the stages' tests."""
+    from .tasks import classification_kd
 
-    KL is averaged over the batch (`batchmean`, the true KL per sample); T^2 keeps the
-    soft term's gradient scale independent of T (Hinton et al., 2015).
-    """
-    import torch.nn.functional as F
-
-    t = temperature
-    log_ps = F.log_softmax(student_logits / t, dim=1)
-    log_pt = F.log_softmax(teacher_logits / t, dim=1)
-    kl = F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
-    ce = F.cross_entropy(student_logits, labels) if alpha < 1 else student_logits.new_zeros(())
-    return alpha * t * t * kl + (1 - alpha) * ce
+    return classification_kd(student_logits, teacher_logits, labels, temperature, alpha)
 
 
 def hint_loss(kind: str, student_feat: Any, teacher_feat: Any) -> Any:
@@ -154,50 +146,68 @@ def random_shift(x: Any, max_shift: int, gen: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrainData:
-    x: np.ndarray
-    y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
+    x: Arrays
+    y: Any                 # targets (class ids, arrays, a dict of arrays) or None
+    val_x: Arrays
+    val_y: Any
+
+    def __len__(self) -> int:
+        return n_samples(self.x)
 
 
-def training_data(data: Any, cfg: TrainingConfig, section: str) -> TrainData:
-    """The training split, checked, with a stratified seeded validation slice carved off.
+def training_data(data: Any, cfg: TrainingConfig, section: str, task: Any = None) -> TrainData:
+    """The training split, checked, with a seeded validation slice carved off (stratified
+    by class for classification).
 
     The evaluation split never enters: it is a different array (ctx.data.evaluation)."""
+    from .inputs.data import take_targets
+
     train = getattr(data, "train", None)
     if train is None or len(train) == 0:
         skip = f"set {section}.enabled = false" + ("" if section == "distill" else
                                                         f" (or {section}.epochs = 0: no fine-tuning)")
         raise UsageError(f"{section}: needs training data and there is none: give --train-data FILE.npz "
-                         f"(x, y; never the evaluation data) or {skip}")
-    n_classes = len(data.labels)
+                         f"(inputs as in --data; never the evaluation data) or {skip}")
+    classification = task is None or task.kind == "classification"
     y = train.y
-    if (y >= n_classes).any():
-        bad = int(y[y >= n_classes][0])
-        raise UsageError(f"--train-data: label {bad} is not one of the {n_classes} labels of the data")
-    missing = sorted(set(range(n_classes)) - set(np.unique(y).tolist()))
-    if missing:
-        names = ", ".join(data.labels[i] for i in missing[:10])
-        raise UsageError(f"--train-data: class(es) {names} have no training samples; every label needs some "
-                         f"for {section} to learn it")
     rng = np.random.default_rng(cfg.seed)
+    if classification:
+        if not isinstance(y, np.ndarray) or not np.issubdtype(y.dtype, np.integer):
+            raise UsageError(f"--train-data: {section} learns a classification task and needs integer class ids "
+                             f"in y")
+        n_classes = len(data.labels)
+        if (y >= n_classes).any():
+            bad = int(y[y >= n_classes][0])
+            raise UsageError(f"--train-data: label {bad} is not one of the {n_classes} labels of the data")
+        present = set(np.unique(y).tolist())
+        missing = sorted(set(range(n_classes)) - present) if y.ndim == 1 else []
+        if missing:
+            names = ", ".join(data.labels[i] for i in missing[:10])
+            raise UsageError(f"--train-data: class(es) {names} have no training samples; every label needs some "
+                             f"for {section} to learn it")
     val_idx = []
-    for c in range(n_classes):
-        idx = np.flatnonzero(y == c)
-        k = int(round(len(idx) * cfg.val_fraction))
-        if len(idx) > 1:
-            k = min(max(k, 1), len(idx) - 1)   # every class in both parts when it has 2+ samples
-        else:
-            k = 0
-        val_idx.extend(rng.permutation(idx)[:k].tolist())
-    val = np.zeros(len(y), bool)
+    if classification and y.ndim == 1:
+        for c in range(len(data.labels)):
+            idx = np.flatnonzero(y == c)
+            k = int(round(len(idx) * cfg.val_fraction))
+            if len(idx) > 1:
+                k = min(max(k, 1), len(idx) - 1)   # every class in both parts when it has 2+ samples
+            else:
+                k = 0
+            val_idx.extend(rng.permutation(idx)[:k].tolist())
+    else:
+        n = len(train)
+        k = min(max(int(round(n * cfg.val_fraction)), 1), n - 1)
+        val_idx = rng.permutation(n)[:k].tolist()
+    val = np.zeros(len(train), bool)
     val[val_idx] = True
     n_train = int((~val).sum())
     if n_train < cfg.batch_size:
         raise UsageError(f"{section}.batch_size = {cfg.batch_size}: only {n_train} training samples remain after "
                          f"the validation slice ({section}.val_fraction = {cfg.val_fraction}); give more with "
                          f"--train-data or lower {section}.batch_size")
-    return TrainData(train.x[~val], y[~val], train.x[val], y[val])
+    keep, held = np.flatnonzero(~val), np.flatnonzero(val)
+    return TrainData(take(train.x, keep), take_targets(y, keep), take(train.x, held), take_targets(y, held))
 
 
 # -- the loop ---------------------------------------------------------------------
@@ -214,7 +224,7 @@ class Hint:
 class TrainReport:
     epochs: int = 0
     best_epoch: int = 0
-    best_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None     # classification: accuracy; else minus the KD loss
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -244,46 +254,79 @@ def _scheduler(opt: Any, cfg: TrainingConfig, steps: int) -> Any:
     return ls.LambdaLR(opt, lambda _: 1.0)
 
 
-def _outputs(model: Any, x: np.ndarray, batch: int = 512) -> Any:
+def _outputs(model: Any, x: Arrays, batch: int = 512) -> list[Any]:
+    """The model's outputs on every sample, as a list of tensors (one per output)."""
     import torch
 
     model.eval()
+    chunks = []
     with torch.no_grad():
-        return torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])))
-                          for i in range(0, len(x), batch)])
+        for i in range(0, n_samples(x), batch):
+            chunks.append(flatten_outputs(model(*to_torch(take(x, slice(i, i + batch))))))
+    return [torch.cat(parts) for parts in zip(*chunks)]
 
 
-def teacher_logits(teacher: Any, x: np.ndarray) -> Any:
+def teacher_logits(teacher: Any, x: Arrays) -> list[Any]:
     """The teacher's outputs, once: training uses no augmentation, so they never change."""
-    return _outputs(teacher, x).float()
+    return [o.float() if o.is_floating_point() else o for o in _outputs(teacher, x)]
+
+
+def _targets_torch(y: Any) -> Any:
+    import torch
+
+    if y is None:
+        return None
+    if isinstance(y, dict):
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in y.items()}
+    return torch.from_numpy(np.ascontiguousarray(y))
+
+
+def _index(y: Any, idx: Any) -> Any:
+    if y is None:
+        return None
+    if isinstance(y, dict):
+        return {k: v[idx] for k, v in y.items()}
+    return y[idx]
+
+
+def _task(task: Any) -> Any:
+    """The classification task when a caller (a stage's test) gives none."""
+    if task is not None:
+        return task
+    from .config import TaskConfig
+    from .tasks import Task
+
+    return Task("classification", "top1", True, "%", TaskConfig(kind="classification"))
 
 
 def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *,
              hints: list[Hint] | None = None, hint_weight: float = 0.0, teacher_out: Any = None,
-             progress: Any = None, label: str = "train") -> TrainReport:
-    """Train `student` in place by KD from `teacher`; keep the weights of the epoch with the
-    best validation accuracy (ties: lower validation loss). Seeded: the same inputs give
-    the same weights."""
+             progress: Any = None, label: str = "train", task: Any = None) -> TrainReport:
+    """Train `student` in place by KD from `teacher` with the task's loss; keep the weights of
+    the epoch with the best validation score (classification: accuracy, ties broken by the
+    lower loss; other tasks: the lower loss). Seeded: the same inputs give the same weights."""
     import torch
 
+    task = _task(task)
     report = TrainReport(epochs=cfg.epochs)
     if cfg.epochs == 0:
         return report
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    augment = cfg.augment_shift > 0 and x.ndim == 4
+    xs = to_torch(data.x)
+    y = _targets_torch(data.y)
+    augment = cfg.augment_shift > 0 and len(xs) == 1 and xs[0].ndim == 4 and xs[0].is_floating_point()
     # Without augmentation the teacher's outputs never change: computed once. With it, the
     # teacher sees the same shifted images as the student (consistent teaching).
     t_all = None if augment else (teacher_out if teacher_out is not None else teacher_logits(teacher, data.x))
     val_t = teacher_logits(teacher, data.val_x)
-    val_y = torch.from_numpy(data.val_y)
+    val_y = _targets_torch(data.val_y)
     hints = hints or []
     s_taps = FeatureTaps(student, [h.student for h in hints]) if hints else None
     t_taps = FeatureTaps(teacher, [h.teacher for h in hints]) if hints else None
     params = list(student.parameters()) + [p for h in hints if h.adapter is not None for p in h.adapter.parameters()]
     opt = _optimizer(params, cfg)
-    steps_per_epoch = len(x) // cfg.batch_size           # drop_last: BatchNorm never sees a 1-sample batch
+    steps_per_epoch = n_samples(data.x) // cfg.batch_size     # drop_last: BatchNorm never sees a 1-sample batch
     sched = _scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
     teacher.eval()
     best: tuple[float, float] | None = None
@@ -298,20 +341,20 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
             student.train()
             for h in hints:
                 h.adapter is not None and h.adapter.train()
-            order = torch.randperm(len(x), generator=gen)
+            order = torch.randperm(n_samples(data.x), generator=gen)
             total, n = 0.0, 0
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                xb, yb = x[idx], y[idx]
+                xb = tuple(x[idx] for x in xs)
                 if augment:
-                    xb = random_shift(xb, cfg.augment_shift, gen)
+                    xb = (random_shift(xb[0], cfg.augment_shift, gen),)
                 if augment or hints:
                     with torch.no_grad():
-                        tb = teacher(xb)
+                        tb = flatten_outputs(teacher(*xb))
                 else:
-                    tb = t_all[idx]
-                out = student(xb)
-                loss = kd_loss(out, tb, yb, cfg.temperature, cfg.alpha)
+                    tb = [t[idx] for t in t_all]
+                out = flatten_outputs(student(*xb))
+                loss = task.kd_loss(out, tb, _index(y, idx), cfg.temperature, cfg.alpha)
                 if hints:
                     hl = sum(hint_loss(h.loss, adapt(s_taps.out[h.student], t_taps.out[h.teacher], h.adapter),
                                        t_taps.out[h.teacher]) for h in hints)
@@ -323,15 +366,15 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             val_out = _outputs(student, data.val_x)
-            val_acc = float((val_out.argmax(1) == val_y).float().mean() * 100)
-            val_loss = float(kd_loss(val_out, val_t, val_y, cfg.temperature, cfg.alpha))
+            score, tie = task.selection_score(val_out, val_t, val_y, cfg.temperature, cfg.alpha)
+            val_loss = float(task.kd_loss(val_out, val_t, val_y, cfg.temperature, cfg.alpha))
             report.history.append({"epoch": epoch, "loss": round(total / max(n, 1), 5),
-                                   "val_accuracy": round(val_acc, 3), "val_loss": round(val_loss, 5)})
-            if best is None or (val_acc, -val_loss) > best:
-                best = (val_acc, -val_loss)
+                                   "val_accuracy": round(score, 3), "val_loss": round(val_loss, 5)})
+            if best is None or (score, tie) > best:
+                best = (score, tie)
                 best_state = copy.deepcopy(student.state_dict())
-                report.best_epoch, report.best_val_accuracy = epoch, round(val_acc, 3)
-            bar(loss=total / max(n, 1), val_acc=val_acc)
+                report.best_epoch, report.best_val_accuracy = epoch, round(score, 3)
+            bar(loss=total / max(n, 1), val_acc=score)
     finally:
         torch.set_flush_denormal(False)     # torch's default; there is no getter to restore from
         bar.close()
@@ -384,13 +427,14 @@ class epoch_bar:
 
 # -- BatchNorm --------------------------------------------------------------------
 
-def reestimate_bn(model: Any, x: np.ndarray, batch_size: int = 128, max_samples: int = 2048) -> int:
+def reestimate_bn(model: Any, x: Arrays, batch_size: int = 128, max_samples: int = 2048) -> int:
     """Recompute BatchNorm running statistics from scratch on `x` (a cumulative mean over
     the batches, not an EMA): after pruning, the old statistics describe channels
     that are gone or inputs that changed. Returns how many BN layers were updated."""
     import torch
     from torch import nn
 
+    x = as_arrays(x)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return 0
@@ -400,11 +444,11 @@ def reestimate_bn(model: Any, x: np.ndarray, batch_size: int = 128, max_samples:
         m.momentum = None
     model.train()
     with torch.no_grad():
-        xs = x[:max_samples]
-        for i in range(0, len(xs), batch_size):
-            xb = xs[i:i + batch_size]
-            if len(xb) > 1:
-                model(torch.from_numpy(np.ascontiguousarray(xb)))
+        xs = head(x, max_samples)
+        for i in range(0, n_samples(xs), batch_size):
+            xb = take(xs, slice(i, i + batch_size))
+            if n_samples(xb) > 1:
+                model(*to_torch(xb))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.eval()
@@ -426,15 +470,25 @@ def output_layers(model: Any, example: Any) -> list[Any]:
     try:
         model.eval()
         with torch.no_grad():
-            out = model(example)
+            outs = flatten_outputs(model(*_args(example)))
     finally:
         for h in hooks:
             h.remove()
-    width = out.shape[1]
-    for m in reversed(seen):
-        if getattr(m, "out_features", getattr(m, "out_channels", None)) == width:
-            return [m]
-    return seen[-1:]
+    # Every output's producer: the last Conv/Linear run whose width is that output's last or
+    # channel dimension (a head's boxes come out of a Linear of width A*4, reshaped).
+    found: list[Any] = []
+    for out in outs:
+        widths = {out.shape[-1], out.shape[1] if out.ndim > 1 else None, int(out[0].numel()) if out.ndim else None}
+        for m in reversed(seen):
+            if getattr(m, "out_features", getattr(m, "out_channels", None)) in widths:
+                if m not in found:
+                    found.append(m)
+                break
+    return found or seen[-1:]
+
+
+def _args(example: Any) -> tuple[Any, ...]:
+    return example if isinstance(example, tuple) else (example,)
 
 
 def importance(criterion: str) -> Any:
@@ -477,21 +531,25 @@ def channel_pruner(model: Any, example: Any, *, ratio: float, criterion: str = "
     import torch_pruning as tp
 
     return tp.pruner.BasePruner(
-        model, example, importance=importance(criterion), global_pruning=global_pruning,
+        model, _args(example) if len(_args(example)) > 1 else _args(example)[0], importance=importance(criterion),
+        global_pruning=global_pruning,
         pruning_ratio=ratio, iterative_steps=steps, max_pruning_ratio=max_layer_ratio,
         ignored_layers=output_layers(model, example), round_to=round_to)
 
 
-def taylor_gradients(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 128, batches: int = 4) -> None:
-    """Accumulate loss gradients for Taylor importance (|w * dL/dw|)."""
+def taylor_gradients(model: Any, x: Arrays, y: np.ndarray, batch_size: int = 128, batches: int = 4) -> None:
+    """Accumulate loss gradients for Taylor importance (|w * dL/dw|): cross-entropy on the
+    first output, so class ids are needed (prune.check says so up front)."""
     import torch
     import torch.nn.functional as F
 
+    x = as_arrays(x)
     model.eval()
     model.zero_grad()
-    for i in range(0, min(len(x), batch_size * batches), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))
-        F.cross_entropy(model(xb), torch.from_numpy(y[i:i + batch_size])).backward()
+    for i in range(0, min(n_samples(x), batch_size * batches), batch_size):
+        xb = to_torch(take(x, slice(i, i + batch_size)))
+        out = flatten_outputs(model(*xb))[0]
+        F.cross_entropy(out, torch.from_numpy(y[i:i + batch_size])).backward()
 
 
 def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, criterion: str = "l2") -> Any:
@@ -499,19 +557,89 @@ def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, c
     pruning through the dependency graph, least important channels removed first)."""
     check_width(teacher, example, width, field_name)
     student = copy.deepcopy(teacher)
+    section = field_name.split(".")[0]
     if width < 1:
-        channel_pruner(student, example, ratio=1 - width, criterion=criterion, max_layer_ratio=1.0).step()
+        shapes = output_shapes(teacher, example)
+        with pruning_guard(student, section):
+            channel_pruner(student, example, ratio=1 - width, criterion=criterion, max_layer_ratio=1.0).step()
+        check_pruned(student, example, shapes, section)
     student.eval()
     return student
 
 
+def output_shapes(model: Any, example: Any) -> list[tuple[int, ...]]:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return [tuple(o.shape) for o in flatten_outputs(model(*_args(example)))]
+
+
+class pruning_guard:
+    """Torch-Pruning failing on a graph it cannot follow becomes exit 2 naming the layer it
+    was at (when it says) and the setting that switches the stage off, not a traceback."""
+
+    def __init__(self, model: Any, section: str):
+        self.model, self.section = model, section
+
+    def __enter__(self) -> "pruning_guard":
+        return self
+
+    def __exit__(self, kind: Any, e: Any, tb: Any) -> bool:
+        if e is None or isinstance(e, (UsageError, KeyboardInterrupt)):
+            return False
+        if not isinstance(e, Exception):
+            return False
+        raise UsageError(f"{self.section}: Torch-Pruning cannot prune this model ({first_line(e)}); "
+                         f"{_layer_hint(self.model, e)}switch the stage off with --set {self.section}.enabled=false") \
+            from None
+
+
+def _layer_hint(model: Any, e: BaseException) -> str:
+    names = {id(m): n for n, m in model.named_modules() if n}
+    text = str(e)
+    for n in sorted(names.values(), key=len, reverse=True):
+        if n in text:
+            return f"at layer {n!r}; "
+    return ""
+
+
+def check_pruned(model: Any, example: Any, shapes: list[tuple[int, ...]], section: str) -> None:
+    """The pruned model must still run and give the teacher's output shapes: a dependency the
+    graph could not see (a head count baked into a reshape, say) would otherwise ship a
+    broken model. Names the last layer entered when the forward fails."""
+    import torch
+
+    entered: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=name: entered.append(n))
+             for name, m in model.named_modules() if name]
+    model.eval()
+    try:
+        with torch.no_grad():
+            got = [tuple(o.shape) for o in flatten_outputs(model(*_args(example)))]
+    except Exception as e:
+        layer = entered[-1] if entered else "?"
+        kind = type(model.get_submodule(layer)).__name__ if entered else "?"
+        raise UsageError(f"{section}: after channel pruning, layer {layer!r} ({kind}) fails ({first_line(e)}): "
+                         f"Torch-Pruning could not follow a dependency there; switch the stage off with "
+                         f"--set {section}.enabled=false") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    if got != shapes:
+        raise UsageError(f"{section}: after channel pruning the outputs have shapes {got}, not {shapes}; switch "
+                         f"the stage off with --set {section}.enabled=false")
+
+
 # -- metrics ----------------------------------------------------------------------
 
-def reference_outputs(results: dict[str, Any]) -> np.ndarray | None:
+def reference_outputs(results: dict[str, Any]) -> list[np.ndarray] | None:
     """The FP32 teacher's outputs on the evaluation split, saved by the reference stage."""
+    from .arrays import load_named
+
     ref = results.get("reference")
     path = ref.extras.get("teacher_outputs") if ref is not None else None
-    return np.load(path.path) if path is not None else None
+    return list(load_named(path.path).values()) if path is not None else None
 
 
 def first_line(e: BaseException) -> str:
@@ -519,18 +647,19 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def model_metrics(model: Any, data: Any, teacher_out: np.ndarray | None = None) -> dict[str, Any]:
+def model_metrics(model: Any, data: Any, teacher_out: list[np.ndarray] | None = None, task: Any = None) -> dict[str, Any]:
     """What every compression stage records: params, MACs (Torch-Pruning's counter), FP32
-    size, accuracy on the evaluation split (and agreement with the teacher's outputs)."""
-    from .torchmodel import accuracy, agreement, count_params_macs, fp32_size_bytes, predict
+    size, the task's metric on the evaluation split (and agreement with the teacher)."""
+    from .arrays import predict
+    from .torchmodel import count_params_macs, fp32_size_bytes
 
+    task = _task(task)
     out = predict(model, data.evaluation.x)
-    params, macs = count_params_macs(model, data.input_shape)
-    m: dict[str, Any] = {"params": params, "macs": macs, "size_bytes": fp32_size_bytes(model),
-                         "accuracy": accuracy(out, data.evaluation.y)}
-    if teacher_out is not None:
-        m.update(agreement(out, teacher_out))
-    return m
+    params, macs = count_params_macs(model, data.example(1))
+    measured = task.evaluate(out, data.evaluation.y, teacher_out)
+    return {"params": params, "macs": macs, "size_bytes": fp32_size_bytes(model), "metric": task.metric,
+            "accuracy": measured.get(task.metric), "task_metrics": measured,
+            **{k: measured[k] for k in ("top1_agreement", "cosine_similarity", "sqnr_db") if k in measured}}
 
 
 def compressed_size_bytes(model: Any) -> int:

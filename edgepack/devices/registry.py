@@ -22,13 +22,14 @@ from .config import DeviceConfig, device_files, devices_dir, read_device_file
 from .transport import RUNNER, Transport, describe_exit, tail
 
 RESULT_JSON = "result.json"
-OUTPUTS_NPY = "outputs.npy"
+OUTPUTS_NPZ = "outputs.npz"
 
 
 @dataclass
 class DeviceRun:
     result: dict                  # the runner's JSON (schema edgepack.runner/1) plus device facts
-    outputs: np.ndarray | None    # (N, ...) float32 model outputs, one row per input sample
+    outputs: list[np.ndarray]     # one (N, ...) array per model output, one row per input sample
+    raw_outputs: list[np.ndarray] | None = None   # as the file gives them, where a caller re-lays outputs
 
 
 def load_device(name: str) -> DeviceConfig:
@@ -59,10 +60,11 @@ def list_devices() -> list[tuple[DeviceConfig, str | None]]:
 
 def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warmup: int, runs: int,
                   threads: int | None, workdir: Path, timeout_s: float | None = None,
-                  extra_files: list[Path] = ()) -> DeviceRun:
+                  extra_files: list[Path] = (), output_names: list[str] | None = None) -> DeviceRun:
     """Run `model` on `device` for outputs of every sample in `inputs`, then time it.
 
-    Results land in workdir/<device>/ (result.json, outputs.npy). `timeout_s`: the runner's
+    Results land in workdir/<device>/ (result.json, outputs.npz: one array per output, in
+    `output_names` order when given, else the model's own). `timeout_s`: the runner's
     wall-clock limit; None: the device file's run_timeout_s.
     """
     device = load_device(device) if isinstance(device, str) else device
@@ -82,17 +84,17 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
         raise UsageError(f"files for device {device.name!r} must have distinct names: {', '.join(names)}")
     local_dir = workdir / device.name
     local_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULT_JSON, OUTPUTS_NPY):
+    for stale in (RESULT_JSON, OUTPUTS_NPZ):
         (local_dir / stale).unlink(missing_ok=True)
     remote_dir = transport.open(workdir)
     try:
         placed = {path: transport.put(path, remote_dir) for path in files}
-        out_json, out_npy = transport.join(remote_dir, RESULT_JSON), transport.join(remote_dir, OUTPUTS_NPY)
+        out_json, out_npy = transport.join(remote_dir, RESULT_JSON), transport.join(remote_dir, OUTPUTS_NPZ)
         argv = command.argv + [
             placed[RUNNER], "--model", placed[model], "--inputs", placed[inputs],
             "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads or device.threads),
             "--out-json", out_json, "--out-outputs", out_npy, "--runtimes", ",".join(command.runtimes),
-        ]
+        ] + (["--outputs", ",".join(output_names)] if output_names else [])
         done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s or device.run_timeout_s)
         if done.returncode != 0:
             last = tail(done.stderr) or tail(done.stdout)
@@ -102,7 +104,7 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
                               + (f"\n{_indent(last)}" if last and last != headline else ""))
         try:
             transport.get(out_json, local_dir / RESULT_JSON)
-            transport.get(out_npy, local_dir / OUTPUTS_NPY)
+            transport.get(out_npy, local_dir / OUTPUTS_NPZ)
         except OSError as e:
             raise DeviceError(f"device {device.name!r}: the runner exited cleanly but its results cannot be "
                               f"fetched: {e}") from None
@@ -111,7 +113,8 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
 
     try:
         result = json.loads((local_dir / RESULT_JSON).read_text(encoding="utf-8"))
-        outputs = np.load(local_dir / OUTPUTS_NPY)
+        with np.load(local_dir / OUTPUTS_NPZ) as z:
+            outputs = [z[k] for k in z.files]
     except (OSError, ValueError) as e:
         raise DeviceError(f"device {device.name!r}: unreadable runner result in {local_dir}: {e}") from None
     result.update(transport.facts(result))

@@ -5,11 +5,13 @@ device has (an arm64 Python 3.11 with numpy 1.26 and tflite_runtime in the emula
 It imports the standard library, numpy and one runtime only: never edgepack.
 
     python runner.py --model M --inputs X.npz --warmup W --runs N --threads T \
-        --out-json R.json --out-outputs O.npy [--runtimes ai_edge_litert,tflite_runtime,...]
+        --out-json R.json --out-outputs O.npz [--outputs a,b] [--runtimes ai_edge_litert,tflite_runtime,...]
 
-Every input sample is run once, batch 1, for the outputs (float inputs are quantized
-with the input's scale and zero point when the model takes int8/uint8; int8/uint8
-outputs are dequantized), then `warmup` untimed and `runs` timed invocations on the
+The inputs file holds one array per model input, named as the model names them, each in
+its own dtype (int64 ids stay int64). Every sample is run once, batch 1, for the outputs
+(float inputs are quantized with the input's scale and zero point when the model takes
+int8/uint8; int8/uint8 outputs are dequantized; other dtypes pass as they are), written
+one array per output to O.npz; then `warmup` untimed and `runs` timed invocations on the
 first sample, each timed alone with time.perf_counter_ns.
 """
 from __future__ import annotations
@@ -136,7 +138,9 @@ def cpu_info() -> dict:
 
 
 def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray:
-    if not np.issubdtype(dtype, np.integer) or x.dtype == dtype:
+    """A float sample into an int8/uint8 input by its scale and zero point; ids, masks and
+    anything else already of an integer or bool type are cast as they are."""
+    if not np.issubdtype(dtype, np.integer) or not np.issubdtype(x.dtype, np.floating):
         return x.astype(dtype, copy=False)
     if not scale:
         raise RunnerError(f"the model takes {np.dtype(dtype).name} input without a quantization scale")
@@ -147,7 +151,7 @@ def _quantize(x: np.ndarray, dtype, scale: float, zero_point: int) -> np.ndarray
 def _dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     if np.issubdtype(y.dtype, np.integer) and scale:
         return ((y.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
-    return y.astype(np.float32)
+    return y.astype(np.float32) if np.issubdtype(y.dtype, np.floating) else y.copy()
 
 
 def _version(dist: str, module) -> str:
@@ -159,8 +163,22 @@ def _version(dist: str, module) -> str:
 
 
 # --------------------------------------------------------------------------- runtimes
-# Each session: __init__ loads the model (timed as init_ms); set_input(x) takes one float
-# sample with a batch dimension of 1; invoke() runs it; output() returns float32.
+# Each session: __init__ loads the model (timed as init_ms); `input_names` are the model's
+# own input names in order; set_inputs({name: one sample, batch 1}) feeds every input,
+# each in its own dtype (float samples are quantized for int8 inputs); invoke() runs it;
+# outputs() returns every output in the model's order (int8/uint8 outputs dequantized to
+# float32, other dtypes as they are) and `output_names` names them.
+
+
+def _pick(given: dict, names: list, what: str) -> list:
+    """The given arrays in the model's order: by name when every name matches, else by
+    position when the counts agree (a file whose tensors the converter renamed)."""
+    if set(given) == set(names):
+        return [given[n] for n in names]
+    if len(given) == len(names):
+        return list(given.values())
+    raise RunnerError(f"the model takes {len(names)} {what} ({', '.join(names)}); the inputs file holds "
+                      f"{len(given)} ({', '.join(given)})")
 
 
 class TFLiteSession:
@@ -175,22 +193,54 @@ class TFLiteSession:
                                             importlib.import_module(module_name))}
         self.interpreter = module.Interpreter(model_path=model, num_threads=threads)
         self.interpreter.allocate_tensors()
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        if len(inputs) != 1:
-            raise RunnerError(f"the model has {len(inputs)} inputs; the runner feeds exactly one")
-        self.inp, self.out = inputs[0], outputs[0]
-        self.io = {"input": _tfl_detail(self.inp), "output": _tfl_detail(self.out), "n_outputs": len(outputs)}
+        by_index = {d["index"]: d for d in self.interpreter.get_input_details()}
+        out_by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
+        # The signature names inputs and outputs as the model did ("input_ids", "boxes"); the
+        # tensor names are the converter's. Without a signature: tensor order and names.
+        sig = _tflite_signature(self.interpreter)
+        if sig and set(sig["inputs"].values()) == set(by_index) and set(sig["outputs"].values()) == set(out_by_index):
+            self.inputs = [(name, by_index[i]) for name, i in sig["inputs"].items()]
+            self.outputs_ = [(name, out_by_index[i]) for name, i in sig["outputs"].items()]
+        else:
+            self.inputs = [(d["name"], d) for d in self.interpreter.get_input_details()]
+            self.outputs_ = [(d["name"], d) for d in self.interpreter.get_output_details()]
+        self.input_names = [n for n, _ in self.inputs]
+        self.output_names = [n for n, _ in self.outputs_]
+        self.io = {"inputs": [dict(_tfl_detail(d), name=n) for n, d in self.inputs],
+                   "outputs": [dict(_tfl_detail(d), name=n) for n, d in self.outputs_]}
 
-    def set_input(self, x: np.ndarray) -> None:
-        scale, zp = self.inp["quantization"]
-        self.interpreter.set_tensor(self.inp["index"], _quantize(x, self.inp["dtype"], scale, zp))
+    def set_inputs(self, xs: list) -> None:
+        for (_, d), x in zip(self.inputs, xs):
+            scale, zp = d["quantization"]
+            self.interpreter.set_tensor(d["index"], _quantize(x, d["dtype"], scale, zp))
 
     def invoke(self) -> None:
         self.interpreter.invoke()
 
-    def output(self) -> np.ndarray:
-        scale, zp = self.out["quantization"]
-        return _dequantize(self.interpreter.get_tensor(self.out["index"]), scale, zp)
+    def outputs(self) -> list:
+        out = []
+        for _, d in self.outputs_:
+            scale, zp = d["quantization"]
+            out.append(_dequantize(self.interpreter.get_tensor(d["index"]), scale, zp))
+        return out
+
+
+def _tflite_signature(interpreter) -> dict | None:
+    """{"inputs": {name: tensor index}, "outputs": {...}} of the file's first signature, or None.
+    Outputs in the order the model returned them: a TF signature stores them sorted by name,
+    but the tensors' indices follow the graph's output order."""
+    try:
+        full = interpreter._get_full_signature_list()
+    except AttributeError:
+        return None
+    if not full:
+        return None
+    sig = full.get("serving_default") or next(iter(full.values()))
+    order = [d["index"] for d in interpreter.get_output_details()]
+    outputs = sorted(sig["outputs"].items(), key=lambda kv: order.index(kv[1]) if kv[1] in order else 0)
+    in_order = [d["index"] for d in interpreter.get_input_details()]
+    inputs = sorted(sig["inputs"].items(), key=lambda kv: in_order.index(kv[1]) if kv[1] in in_order else 0)
+    return {"inputs": dict(inputs), "outputs": dict(outputs)}
 
 
 def _tfl_detail(d: dict) -> dict:
@@ -215,23 +265,32 @@ class OpenVINOSession:
         # On ARM the CPU plugin may run in f16 by default: say which precision ran.
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         self.runtime["inference_precision"] = getattr(precision, "to_string", precision.__str__)()
-        if len(compiled.inputs) != 1:
-            raise RunnerError(f"the model has {len(compiled.inputs)} inputs; the runner feeds exactly one")
         self.request = compiled.create_infer_request()
-        self.in_type = compiled.input(0).get_element_type().to_dtype()
-        self.io = {"input": _ov_detail(compiled.input(0)), "output": _ov_detail(compiled.output(0)),
-                   "n_outputs": len(compiled.outputs)}
+        self.in_ports = list(compiled.inputs)
+        self.out_ports = list(compiled.outputs)
+        self.in_types = [p.get_element_type().to_dtype() for p in self.in_ports]
+        self.input_names = [_ov_name(p, i, "input") for i, p in enumerate(self.in_ports)]
+        self.output_names = [_ov_name(p, i, "output") for i, p in enumerate(self.out_ports)]
+        self.io = {"inputs": [_ov_detail(p) for p in self.in_ports], "outputs": [_ov_detail(p) for p in self.out_ports]}
 
-    def set_input(self, x: np.ndarray) -> None:
+    def set_inputs(self, xs: list) -> None:
         import openvino as ov
 
-        self.request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x.astype(self.in_type, copy=False))))
+        for i, (x, t) in enumerate(zip(xs, self.in_types)):
+            self.request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(x.astype(t, copy=False))))
 
     def invoke(self) -> None:
         self.request.infer()
 
-    def output(self) -> np.ndarray:
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+    def outputs(self) -> list:
+        return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.out_ports))]
+
+
+def _ov_name(port, index: int, kind: str) -> str:
+    names = port.get_names()
+    if not names:
+        return f"{kind}_{index}"
+    return port.get_any_name() if len(names) == 1 else sorted(names, key=len)[0]
 
 
 def _ov_detail(port) -> dict:
@@ -258,21 +317,24 @@ class ExecuTorchSession:
             portable_lib._unsafe_reset_threadpool(threads)
         except (ImportError, AttributeError):
             self.runtime["threads_note"] = "thread count not settable in this executorch build"
-        self.method = Runtime.get().load_program(model).load_method("forward")
-        self.x = None
-        self.outputs = None
-        self.io = {}
+        program = Runtime.get().load_program(model)
+        self.method = program.load_method("forward")
+        meta = program.metadata("forward")
+        # A .pte names neither inputs nor outputs: positions, named by the caller (--outputs).
+        self.input_names = [f"input_{i}" for i in range(meta.num_inputs())]
+        self.output_names = [f"output_{i}" for i in range(meta.num_outputs())]
+        self.xs = []
+        self.result = None
+        self.io = {"n_inputs": meta.num_inputs(), "n_outputs": meta.num_outputs()}
 
-    def set_input(self, x: np.ndarray) -> None:
-        self.x = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    def set_inputs(self, xs: list) -> None:
+        self.xs = [self.torch.from_numpy(np.ascontiguousarray(x)) for x in xs]
 
     def invoke(self) -> None:
-        self.outputs = self.method.execute([self.x])
+        self.result = self.method.execute(self.xs)
 
-    def output(self) -> np.ndarray:
-        if self.io.get("n_outputs") is None:
-            self.io["n_outputs"] = len(self.outputs)
-        return self.outputs[0].detach().numpy().astype(np.float32)
+    def outputs(self) -> list:
+        return [o.detach().numpy() for o in self.result]
 
 
 SESSIONS = {"ai_edge_litert": TFLiteSession, "tflite_runtime": TFLiteSession,
@@ -300,29 +362,46 @@ def pick_runtime(model: str, preference) -> str:
 
 
 def run(args) -> dict:
-    data = np.load(args.inputs)
-    if "x" not in data:
-        raise RunnerError(f"{os.path.basename(args.inputs)} has no array 'x'")
-    x = np.asarray(data["x"], dtype=np.float32)
-    if x.ndim == 0 or len(x) == 0:
-        raise RunnerError(f"{os.path.basename(args.inputs)}: 'x' holds no samples")
+    with np.load(args.inputs) as data:
+        given = {k: data[k] for k in data.files}
+    if not given:
+        raise RunnerError(f"{os.path.basename(args.inputs)} holds no input arrays")
+    n = {len(a) if a.ndim else 0 for a in given.values()}
+    if len(n) != 1 or 0 in n:
+        raise RunnerError(f"{os.path.basename(args.inputs)}: the inputs need the same number (> 0) of samples, "
+                          f"got {', '.join(f'{k} {a.shape}' for k, a in given.items())}")
+    n_samples = n.pop()
 
     name = pick_runtime(args.model, args.runtimes.split(","))
     SESSIONS[name].load_runtime(name)
     t0 = time.perf_counter_ns()
     session = SESSIONS[name](name, args.model, args.threads)
     init_ms = (time.perf_counter_ns() - t0) / 1e6
+    inputs = _pick(given, session.input_names, "inputs")
+    wanted = [o for o in args.outputs.split(",") if o] if args.outputs else session.output_names
+    if len(wanted) != len(session.output_names):
+        raise RunnerError(f"the model has {len(session.output_names)} outputs ({', '.join(session.output_names)}); "
+                          f"expected {len(wanted)} ({', '.join(wanted)})")
+    # Outputs by name where the file names them as expected, else by position.
+    order = ([session.output_names.index(w) for w in wanted] if set(wanted) == set(session.output_names)
+             else list(range(len(wanted))))
 
-    outputs = []
-    for i in range(len(x)):
-        session.set_input(x[i : i + 1])
+    per_output = [[] for _ in wanted]
+    for i in range(n_samples):
+        session.set_inputs([x[i:i + 1] for x in inputs])
         session.invoke()
-        outputs.append(session.output())
-    batched = all(o.ndim >= 1 and o.shape[0] == 1 for o in outputs)
-    out = np.concatenate(outputs) if batched else np.stack(outputs)
-    np.save(args.out_outputs, out.astype(np.float32))
+        got = session.outputs()
+        for k, j in enumerate(order):
+            per_output[k].append(got[j])
+    outputs = {}
+    for w, parts in zip(wanted, per_output):
+        batched = all(o.ndim >= 1 and o.shape[0] == 1 for o in parts)
+        outputs[w] = np.concatenate(parts) if batched else np.stack(parts)
+    tmp = args.out_outputs + ".tmp.npz"
+    np.savez(tmp, **outputs)
+    os.replace(tmp, args.out_outputs)
 
-    session.set_input(x[:1])
+    session.set_inputs([x[:1] for x in inputs])
     for _ in range(args.warmup):
         session.invoke()
     samples = []
@@ -346,7 +425,8 @@ def run(args) -> dict:
         "latency_ms": summarize(samples),
         "samples_ms": samples,
         "peak_rss_mb": peak_rss_mb(),
-        "n_inputs": int(len(x)),
+        "n_inputs": int(n_samples),
+        "outputs": list(wanted),
         "io": session.io,
     }
 
@@ -354,12 +434,14 @@ def run(args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Run one model on this device and time it.")
     p.add_argument("--model", required=True)
-    p.add_argument("--inputs", required=True, help=".npz with 'x': float32 samples in the model's input layout")
+    p.add_argument("--inputs", required=True,
+                   help=".npz with one array per model input (named as the model's inputs, in its order and layout)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-json", required=True)
-    p.add_argument("--out-outputs", required=True)
+    p.add_argument("--out-outputs", required=True, help=".npz to write, one array per output")
+    p.add_argument("--outputs", default="", help="output names, in order (default: the model's own)")
     p.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
                    help="runtimes to try, in order of preference (comma-separated module names)")
     args = p.parse_args(argv)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arrays import Arrays, describe, flatten_outputs, n_samples, output_names, to_torch
 from ..errors import UsageError
 
 DEFAULT_SPEC = "edgepack.inputs.default_model:make_teacher"
@@ -26,14 +27,20 @@ class LoadedModel:
     sha256: str               # content hash: factory source + weights (keys the cache)
 
 
-def _import_factory(spec: str):
+def import_callable(spec: str, what: str = "factory"):
+    """The function `spec` names (FILE.py:FUNCTION or package.module:FUNCTION)."""
+    return _import_factory(spec, what)[0]
+
+
+def _import_factory(spec: str, what: str = "factory"):
     if ":" not in spec:
-        raise UsageError(f"--model {spec!r}: expected FILE.py:FUNCTION, package.module:FUNCTION or a .pt2 file")
+        raise UsageError(f"{spec!r}: expected FILE.py:FUNCTION, package.module:FUNCTION"
+                         + (" or a .pt2 file" if what == "factory" else ""))
     mod_ref, _, fn_name = spec.rpartition(":")
     if mod_ref.endswith(".py") or "/" in mod_ref:
         path = Path(mod_ref).resolve()
         if not path.exists():
-            raise UsageError(f"{mod_ref}: model file not found")
+            raise UsageError(f"{mod_ref}: {'model' if what == 'factory' else what} file not found")
         source = path.read_bytes()
         # A stable module name lets cached (pickled) models of this factory load again.
         mod_name = "edgepack_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
@@ -51,12 +58,12 @@ def _import_factory(spec: str):
         try:
             module = importlib.import_module(mod_ref)
         except ImportError as e:
-            raise UsageError(f"--model {spec!r}: cannot import module {mod_ref!r} ({e})") from None
+            raise UsageError(f"{spec!r}: cannot import module {mod_ref!r} ({e})") from None
         source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else mod_ref.encode()
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         names = sorted(n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_"))
-        raise UsageError(f"{mod_ref}: no factory {fn_name!r} in it (callables there: {', '.join(names[:12]) or 'none'})")
+        raise UsageError(f"{mod_ref}: no {what} {fn_name!r} in it (callables there: {', '.join(names[:12]) or 'none'})")
     return fn, source
 
 
@@ -115,20 +122,50 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
     return LoadedModel(module, name, spec, h.hexdigest())
 
 
-def check_forward(model: LoadedModel, sample: np.ndarray, n_classes: int, data_source: str) -> int:
-    """Run the model once on the data's shape; return its number of outputs."""
+def order_inputs(model: LoadedModel, inputs: Arrays, source: str) -> list[str]:
+    """The data's input names in the order the model's forward takes them.
+
+    One input goes to the first argument whatever its name. Several must be named as the
+    forward's arguments (x.input_ids for `forward(self, input_ids, attention_mask)`);
+    a forward that takes *args takes them in the file's order."""
+    import inspect
+
+    names = list(inputs)
+    if len(names) == 1:
+        return names
+    try:
+        params = list(inspect.signature(model.module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return names
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return names
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = [n for n in names if n not in positional]
+    if unknown:
+        raise UsageError(f"{source}: input(s) {', '.join('x.' + n for n in unknown)} are not arguments of "
+                         f"{model.spec}'s forward({', '.join(positional)}): name each x.<name> after one")
+    missing = [p.name for p in params if p.name not in names and p.default is p.empty
+               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if missing:
+        raise UsageError(f"{source}: no x.{missing[0]} for {model.spec}'s forward argument {missing[0]!r}")
+    return [n for n in positional if n in names]
+
+
+def check_forward(model: LoadedModel, sample: Arrays, data_source: str) -> tuple[list[np.ndarray], list[str]]:
+    """Run the model once on a few samples; return its outputs (numpy) and their names."""
     import torch
 
     try:
         with torch.no_grad():
-            out = model.module(torch.from_numpy(np.ascontiguousarray(sample[:2])))
+            out = model.module(*to_torch(sample))
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{model.spec}: forward fails on input of shape {tuple(sample[:2].shape)} "
-                         f"from {data_source}: {msg}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UsageError(f"{model.spec}: output is {shape}; expected (N, classes) logits")
-    if out.shape[1] < n_classes:
-        raise UsageError(f"{model.spec}: {out.shape[1]} outputs but the data's labels go up to {n_classes - 1}")
-    return int(out.shape[1])
+        what = (f"of shape {tuple(next(iter(sample.values())).shape)}" if len(sample) == 1
+                else f"({describe(sample)})")
+        raise UsageError(f"{model.spec}: forward fails on input {what} from {data_source}: {msg}") from None
+    tensors = flatten_outputs(out, model.spec)
+    for name, t in zip(output_names(out), tensors):
+        if t.ndim == 0 or t.shape[0] != n_samples(sample):
+            raise UsageError(f"{model.spec}: output {name} has shape {tuple(t.shape)}: every output needs the "
+                             f"batch dimension first ({n_samples(sample)} samples in, so ({n_samples(sample)}, ...))")
+    return ([t.float().numpy() if t.is_floating_point() else t.numpy() for t in tensors], output_names(out))

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .labels import metric_label
+
 from .. import __version__
 from ..artifacts import atomic_write_json, atomic_write_text
 
@@ -58,25 +60,37 @@ def _plots(doc: dict[str, Any]) -> dict[str, bytes]:
     a1.set_yticks(list(ys), [_label(r) for r in ok], fontsize=8)
     a1.set_xscale("log")
     a1.set_xlabel("p50 latency (ms)")
-    a2.barh(ys, [r["accuracy"] for r in ok], color="#54a24b")
+    scored = [(y, r) for y, r in zip(ys, ok) if r.get("accuracy") is not None]
+    a2.barh([y for y, _ in scored], [r["accuracy"] for _, r in scored], color="#54a24b")
     a2.set_yticks(list(ys), [""] * len(ok))
-    lo = min(r["accuracy"] for r in ok)
-    a2.set_xlim(max(0, lo - 5), 100)
-    a2.set_xlabel("accuracy on device (%)")
-    for y, r in zip(ys, ok):
+    metrics = sorted({metric_label({"metric": r.get("metric", "top1"), "unit": _UNITS.get(r.get("metric"), "")})
+                      for _, r in scored})
+    if scored and all(r.get("metric") in ("top1", "pixel_accuracy") for _, r in scored):
+        a2.set_xlim(max(0, min(r["accuracy"] for _, r in scored) - 5), 100)
+    a2.set_xlabel(f"{' / '.join(metrics) or 'metric'} on device")
+    for y, r in scored:
         a2.text(r["accuracy"], y, f" {r['accuracy']:.2f}", va="center", fontsize=8)
-    fig.suptitle("p50 latency and on-device accuracy (red: emulated)")
+    fig.suptitle("p50 latency and the metric on each device (red: emulated)")
     fig.tight_layout()
     out["p50_accuracy.png"] = _fig_png(fig)
     plt.close(fig)
     return out
 
 
+_UNITS = {"top1": "%", "pixel_accuracy": "%", "sqnr_db": "dB"}
+
+
+def _metric(r: dict[str, Any]) -> str:
+    if r.get("accuracy") is None:
+        return "–"
+    return f"{r['accuracy']:.2f} {_UNITS.get(r.get('metric'), '')} ({r.get('metric')})"
+
+
 def _md(doc: dict[str, Any], plots: list[str]) -> str:
     lines = ["# Device benchmark", "", f"edgepack {doc['edgepack_version']}, {doc['created_at']}; "
              f"warm-up {doc['warmup']}, runs {doc['runs']}.", "",
              "| bundle | device | arch | emulated | runtime | threads | init ms | p50 ms | p90 ms | p99 ms | "
-             "peak RSS MB | accuracy % | vs host pp |",
+             "peak RSS MB | metric | vs host |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in doc["results"]:
         if r.get("error"):
@@ -86,7 +100,7 @@ def _md(doc: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {r['bundle']} | {r['device']} | {r.get('arch')} | {'**yes**' if r.get('emulated') else 'no'} | "
                      f"{rt.get('name')} {rt.get('version')} | {r.get('threads')} | {r.get('init_ms', 0):.1f} | "
                      f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {r.get('peak_rss_mb', 0):.1f} | "
-                     f"{r['accuracy']:.2f} | {r.get('accuracy_vs_host_pp', '–')} |")
+                     f"{_metric(r)} | {r.get('accuracy_vs_host_pp', '–')} |")
     cpus = sorted({(r["device"], (r.get("cpu") or {}).get("model", "?"), " ".join((r.get("cpu") or {}).get("isa", [])))
                    for r in doc["results"] if not r.get("error")})
     lines += [""] + [f"- {d}: {m} ({isa})" for d, m, isa in cpus]
@@ -109,7 +123,7 @@ def _html(doc: dict[str, Any], pngs: dict[str, bytes]) -> str:
                     f"<td>{html.escape(r['device'])}</td><td>{r.get('arch')}</td><td>{emu}</td>"
                     f"<td>{html.escape(str((r.get('cpu') or {}).get('model')))}</td>"
                     f"<td>{r.get('init_ms', 0):.1f}</td><td>{lat['p50']:.3f}</td><td>{lat['p99']:.3f}</td>"
-                    f"<td>{r.get('peak_rss_mb', 0):.1f}</td><td>{r['accuracy']:.2f}</td></tr>")
+                    f"<td>{r.get('peak_rss_mb', 0):.1f}</td><td>{html.escape(_metric(r))}</td></tr>")
     imgs = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                    f"<figcaption>{n}</figcaption></figure>" for n, b in pngs.items())
     note = f"<p class=note>{EMULATED_NOTE}</p>" if any(r.get("emulated") for r in doc["results"]) else ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -15,6 +16,7 @@ def _stage_row(rec: Any) -> dict[str, Any]:
             "params": m.get("params"), "macs": m.get("macs"), "size_bytes": m.get("size_bytes"),
             "accuracy": m.get("accuracy") if not isinstance(m.get("accuracy"), dict) else m["accuracy"].get("value"),
             **({"notes": rec.notes} if rec.notes else {}),
+            "metric": m.get("metric") if not isinstance(m.get("accuracy"), dict) else m["accuracy"].get("metric"),
             **({"details": {k: v for k, v in m.items() if k not in ("params", "macs", "size_bytes", "accuracy",
                                                                       "devices", "reference_devices")}}
                if rec.name not in ("validate",) else {})}
@@ -49,7 +51,13 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "model": {"name": teacher.name, "spec": teacher.spec, "sha256": teacher.sha256},
         "passed": bool(val["passed"]),
         "stages": [_stage_row(r) for r in result.records],
-        "teacher": {k: ref_stage.metrics.get(k) for k in ("params", "macs", "size_bytes", "accuracy")},
+        "teacher": {k: ref_stage.metrics.get(k) for k in ("params", "macs", "size_bytes", "accuracy", "metric",
+                                                           "task_metrics")},
+        "task": {"kind": ctx.task.kind, "metric": ctx.task.metric, "higher_is_better": ctx.task.higher_is_better,
+                 "metric_function": ctx.task.config.metric and Path(ctx.task.config.metric).name},
+        "inputs": [{"name": k, "dtype": str(v.dtype), "shape": [1, *v.shape[1:]]}
+                   for k, v in data.evaluation.x.items()],
+        "outputs": ctx.output_names,
         "reference": reference,
         "artifact": {"path": artifact_name, "format": target.format, "size_bytes": art.size_bytes,
                      "sha256": art.sha256, "scheme": art.meta.get("scheme"), "layout": art.meta.get("layout")},

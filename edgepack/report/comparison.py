@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json, atomic_write_text
+from .labels import metric_label
 
 SCHEMA = "edgepack.comparison/1"
 
@@ -25,7 +26,9 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "exit_code": res["exit_code"], "bundle": res.get("bundle"),
             "format": r["artifact"]["format"], "scheme": r["artifact"]["scheme"],
             "size_bytes": r["artifact"]["size_bytes"], "accuracy": r["accuracy"]["value"],
-            "drop_pp": r["accuracy"]["drop_pp"], "p50_ms": host and host["latency_ms"]["p50"],
+            "metric": r["accuracy"].get("metric", "top1"), "unit": r["accuracy"].get("unit", "%"),
+            "drop": r["accuracy"].get("drop", r["accuracy"].get("drop_pp")),
+            "p50_ms": host and host["latency_ms"]["p50"],
             "reference": r["reference"] and {"size_bytes": r["reference"]["size_bytes"],
                                              "accuracy": r["reference"]["accuracy"],
                                              "p50_ms": ref_host and ref_host["latency_ms"]["p50"]},
@@ -35,8 +38,9 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _markdown(rows: list[dict[str, Any]], plot: str | None) -> str:
+    label = metric_label(next((r for r in rows if r["status"] != "failed"), None))
     lines = ["# Target comparison", "",
-             "| target | status | size KiB | accuracy % | drop pp | host p50 ms | size × vs FP32 | p50 × vs FP32 |",
+             f"| target | status | size KiB | {label} | drop | host p50 ms | size × vs FP32 | p50 × vs FP32 |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         if row["status"] == "failed":
@@ -44,18 +48,24 @@ def _markdown(rows: list[dict[str, Any]], plot: str | None) -> str:
             continue
         ratios = row["ratios"]
         lat = ratios.get("latency_p50", {}).get("host")
-        lines.append(f"| {row['target']} | {row['status']} | {row['size_bytes'] / 1024:,.1f} | {row['accuracy']:.2f} | "
-                     f"{row['drop_pp']:+.2f} | {row['p50_ms'] or float('nan'):.3f} | "
+        lines.append(f"| {row['target']} | {row['status']} | {row['size_bytes'] / 1024:,.1f} | "
+                     f"{_fmt(row['accuracy'], '{:.2f}')} | {_fmt(row['drop'], '{:+.2f}')} | "
+                     f"{row['p50_ms'] or float('nan'):.3f} | "
                      f"{ratios.get('size') or float('nan'):.2f} | {lat or float('nan'):.2f} |")
     refs = [(r["target"], r["reference"]) for r in rows if r.get("reference")]
     if refs:
         lines += ["", "FP32 references (the teacher converted by each target, quantization off):", ""]
         for t, ref in refs:
             p50 = f"{ref['p50_ms']:.3f} ms" if ref.get("p50_ms") else "–"
-            lines.append(f"- {t}: {ref['size_bytes'] / 1024:,.1f} KiB, {ref['accuracy']:.2f} %, host p50 {p50}")
+            lines.append(f"- {t}: {ref['size_bytes'] / 1024:,.1f} KiB, {_fmt(ref['accuracy'], '{:.2f}')}, "
+                         f"host p50 {p50}")
     if plot:
         lines += ["", f"![{plot}]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    return "–" if v is None else fmt.format(v)
 
 
 def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
@@ -82,8 +92,9 @@ def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
     ax.set_xscale("log")
     ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("host p50 latency (ms)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("accuracy vs host latency per target (marker area ~ size)")
+    label = metric_label(ok[0])
+    ax.set_ylabel(label)
+    ax.set_title(f"{label.split(' (')[0]} vs host latency per target (marker area ~ size)")
     fig.tight_layout()
     fig.savefig(folder / "comparison.png", dpi=110)
     plt.close(fig)

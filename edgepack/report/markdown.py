@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .labels import metric_label
+
 
 def _n(v: Any, fmt: str = "{:,}") -> str:
     return "–" if v is None else fmt.format(v)
@@ -17,15 +19,37 @@ def _lat(d: dict[str, Any], key: str) -> str:
     return "–" if lat.get(key) is None else f"{lat[key]:.3f}"
 
 
+def gate_sentence(acc: dict[str, Any]) -> str:
+    """The gate in one sentence, in the task's own metric."""
+    label, unit = metric_label(acc).split(" (")[0], acc.get("unit", "")
+    where = acc.get("measured_on")
+    if acc.get("task") == "agreement":
+        return (f"Agreement with the FP32 teacher ({where}): worst-output SQNR **{acc['value']:.1f} dB** "
+                f"(at least {acc['min_sqnr_db']} dB), cosine {acc.get('cosine_similarity', 0):.4f} "
+                f"(at least {acc['min_cosine']}).")
+    unit = " pp" if unit == "%" else unit          # differences of percentages are points
+    value_unit = acc.get("unit", "")
+    text = (f"{label[0].upper() + label[1:]} ({where}): **{acc['value']:.4g}{value_unit}** (teacher "
+            f"{_n(acc.get('teacher'), '{:.4g}')}{value_unit}, "
+            f"{'drop' if acc.get('higher_is_better', True) else 'rise'} "
+            f"{_n(acc.get('drop'), '{:+.4g}')}{unit}, budget {acc.get('max_drop')}{unit})")
+    extra = []
+    if acc.get("top1_agreement") is not None:
+        extra.append(f"top-1 agreement with the teacher {acc['top1_agreement']:.2f} %")
+    if acc.get("cosine_similarity") is not None:
+        extra.append(f"output cosine similarity {acc['cosine_similarity']:.4f}")
+    if acc.get("sqnr_db") is not None:
+        extra.append(f"SQNR {acc['sqnr_db']:.1f} dB")
+    return text + ("; " + ", ".join(extra) if extra else "") + "."
+
+
 def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
     acc = r["accuracy"]
     verdict = "PASSED" if r["passed"] else "FAILED"
+    label = metric_label(acc)
     lines = [f"# {r['model']['name']} → {r['target']}: {verdict}", ""]
     if acc.get("value") is not None:
-        lines += [f"Accuracy (top-1, {acc.get('measured_on')}): **{acc['value']:.2f} %** "
-                  f"(teacher {acc['teacher']:.2f} %, drop {acc['drop_pp']:+.2f} pp, budget {acc['max_drop_pp']} pp); "
-                  f"top-1 agreement with the teacher {acc.get('top1_agreement', 0):.2f} %, "
-                  f"output cosine similarity {acc.get('cosine_similarity', 0):.4f}.", ""]
+        lines += [gate_sentence(acc), ""]
     ratios = r["ratios"]
     if ratios.get("size"):
         lat = ", ".join(f"{k} {v:.2f}×" for k, v in ratios["latency_p50"].items()) or "–"
@@ -33,13 +57,13 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
                   f"{_kb(r['reference']['size_bytes'])}): **{ratios['size']:.2f}× smaller**; p50 latency {lat} faster.", ""]
     if r.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
-    lines += ["## Stages", "", "| stage | status | seconds | params | MACs | size | accuracy % |",
+    lines += ["## Stages", "", f"| stage | status | seconds | params | MACs | size | {label} |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for s in r["stages"]:
         lines.append(f"| {s['name']} | {s['status']} | {_n(s['seconds'], '{:.2f}')} | {_n(s['params'])} | "
                      f"{_n(s['macs'])} | {_kb(s['size_bytes'])} | {_n(s['accuracy'], '{:.2f}')} |")
     lines += ["", "## Devices", "", "| device | model | arch | emulated | threads | init ms | p50 ms | p90 ms | "
-              "p99 ms | mean ± std ms | peak RSS MB | accuracy % |",
+              f"p99 ms | mean ± std ms | peak RSS MB | {label} |",
               "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows = [("bundle", d) for d in r["devices"]]
     rows += [("reference", d) for d in (r["reference"] or {}).get("devices", [])]

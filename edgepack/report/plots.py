@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .labels import metric_label
+
 
 def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
     import matplotlib
@@ -12,6 +14,7 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     names: list[str] = []
+    label = metric_label(r.get("accuracy"))
     stages = [s for s in r["stages"] if s.get("size_bytes")]
     if stages:
         fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -24,8 +27,8 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
         acc = [(i, s["accuracy"]) for i, s in enumerate(stages) if s.get("accuracy") is not None]
         if acc:
             ax2.plot([a[0] for a in acc], [a[1] for a in acc], "o-", color="#e45756")
-        ax2.set_ylabel("accuracy (%)", color="#e45756")
-        ax.set_title(f"{r['model']['name']} → {r['target']}: size and accuracy per stage")
+        ax2.set_ylabel(label, color="#e45756")
+        ax.set_title(f"{r['model']['name']} → {r['target']}: size and {label.split(' (')[0]} per stage")
         fig.tight_layout()
         fig.savefig(folder / "stages.png", dpi=110)
         plt.close(fig)
@@ -47,8 +50,8 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
             ax.xaxis.set_minor_formatter(NullFormatter())    # labelled minor ticks overlap on short ranges
         a1.set_xlabel("MACs per inference (M)")
         a2.set_xlabel("model size (KiB)")
-        a1.set_ylabel("accuracy (%)")
-        fig.suptitle("accuracy vs compute and size, one point per stage")
+        a1.set_ylabel(label)
+        fig.suptitle(f"{label.split(' (')[0]} vs compute and size, one point per stage")
         fig.tight_layout()
         fig.savefig(folder / "compression.png", dpi=110)
         plt.close(fig)

@@ -42,6 +42,15 @@ class BuildContext:
     log: Callable[[str], None] = print
     workdir: Path | None = None        # set by the runner to the stage's own output folder
     student_spec: str | None = None    # --student FILE.py:FACTORY (distill), if given
+    task: Any = None                   # edgepack.tasks.Task: the metric that gates, the loss that distills
+    output_names: list[str] = field(default_factory=lambda: ["output"])   # the teacher's, in order
+
+    def __post_init__(self) -> None:
+        if self.task is None:        # a context made by hand (a stage's test): classification
+            from ..config import TaskConfig
+            from ..tasks import Task
+
+            self.task = Task("classification", "top1", True, "%", TaskConfig(kind="classification"))
 
 
 class Stage(ABC):

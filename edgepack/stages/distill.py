@@ -6,8 +6,9 @@ pruning through Torch-Pruning's dependency graph keeps the most important
 `student_width` of every layer's channels (and their weights, a far better start than
 random ones), then KD training recovers what was lost.
 
-Loss: alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels), plus
-optional feature hints (MSE through a learned 1x1 adapter, or cosine). Trained on the
+Loss: the task's (edgepack/tasks.py): for classification alpha * T^2 * KL(teacher/T ||
+student/T) + (1 - alpha) * CE(labels); for other tasks every output matched to the
+teacher's (MSE scaled by its variance, or cosine), no label term; plus optional feature hints (MSE through a learned 1x1 adapter, or cosine). Trained on the
 training split only; a validation slice carved from it picks the best epoch.
 """
 from __future__ import annotations
@@ -18,11 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..errors import ConversionError, EdgepackError, UsageError
+from ..arrays import describe, flatten_outputs, n_samples, to_torch
 from ..torchmodel import load_module, save_module
 from ..training import (FeatureTaps, Hint, HintConfig, TrainingConfig, check_width, derive_by_width, find_layer,
                         first_line, make_adapter, model_metrics, reference_outputs, train_kd, training_data)
@@ -69,12 +70,12 @@ class DistillStage(Stage):
         """Everything about this stage's input that can be wrong, before any training."""
         import torch
 
-        training_data(ctx.data, config, self.section)
-        example = torch.from_numpy(np.ascontiguousarray(ctx.data.evaluation.x[:2]))
+        training_data(ctx.data, config, self.section, ctx.task)
+        example = to_torch(ctx.data.example(2))
         teacher = ctx.teacher.module
         teacher.eval()
         with torch.no_grad():
-            t_shape = tuple(teacher(example).shape)
+            t_shape = [tuple(o.shape) for o in flatten_outputs(teacher(*example))]
         given = self._given_student(config, ctx)
         for i, h in enumerate(config.hints):       # a derived student keeps the teacher's layer names
             find_layer(teacher, h.teacher, f"distill.hints[{i}].teacher", "teacher")
@@ -85,12 +86,13 @@ class DistillStage(Stage):
         spec, field_name = self._student_field(config, ctx)
         try:
             with torch.no_grad():
-                s_out = given.module.eval()(example)
+                s_out = given.module.eval()(*example)
         except Exception as e:
-            raise UsageError(f"{field_name} {spec}: forward fails on input of shape {tuple(example.shape)}: "
+            raise UsageError(f"{field_name} {spec}: forward fails on input {describe(ctx.data.example(2))}: "
                              f"{first_line(e)}") from None
-        s_shape = tuple(s_out.shape) if isinstance(s_out, torch.Tensor) else type(s_out).__name__
+        s_shape = [tuple(o.shape) for o in flatten_outputs(s_out, f"{field_name} {spec}")]
         if s_shape != t_shape:
+            s_shape, t_shape = (s_shape[0], t_shape[0]) if len(s_shape) == len(t_shape) == 1 else (s_shape, t_shape)
             raise UsageError(f"{field_name} {spec}: output shape {s_shape} differs from the teacher's {t_shape}")
         with tempfile.TemporaryDirectory(prefix="edgepack-student-") as tmp:
             self._check_export(given.module, ctx, Path(tmp))
@@ -103,11 +105,10 @@ class DistillStage(Stage):
 
     # -- the work ---------------------------------------------------------------------
     def run(self, artifact: Artifact, config: DistillConfig, ctx: BuildContext) -> StageResult:
-        import torch
 
         self.check(config, ctx)
         teacher = ctx.teacher.module.eval()
-        example = torch.from_numpy(np.ascontiguousarray(ctx.data.evaluation.x[:2]))
+        example = to_torch(ctx.data.example(2))
         given = self._given_student(config, ctx)
         notes = []
         if given is not None:
@@ -119,22 +120,23 @@ class DistillStage(Stage):
             self._check_export(student, ctx, ctx.workdir / "export-check")
 
         hints = self._hints(config, teacher, student, example)
-        td = training_data(ctx.data, config, self.section)
-        before = model_metrics(student, ctx.data, teacher_out=None)
+        td = training_data(ctx.data, config, self.section, ctx.task)
+        before = model_metrics(student, ctx.data, teacher_out=None, task=ctx.task)
         report = train_kd(student, teacher, td, config, hints=hints, hint_weight=config.hint_weight,
-                          progress=ctx.progress, label="distill")
+                          progress=ctx.progress, label="distill", task=ctx.task)
         t_eval = reference_outputs(ctx.results)
-        metrics = model_metrics(student, ctx.data, teacher_out=t_eval)
+        metrics = model_metrics(student, ctx.data, teacher_out=t_eval, task=ctx.task)
         metrics.update(student=origin, accuracy_before_training=before["accuracy"],
-                       train_samples=len(td.y), val_samples=len(td.val_y),
+                       train_samples=len(td), val_samples=n_samples(td.val_x),
                        hints=[h.model_dump() for h in config.hints], **report.metrics())
         t_params = ctx.results["reference"].metrics.get("params") if "reference" in ctx.results else None
         what = (f"given by {given.spec}" if given is not None
                 else f"derived from the teacher at width {config.student_width}")
         notes.append(f"distill: student {what}: {metrics['params']:,} params"
                      + (f" ({t_params / metrics['params']:.1f}x fewer than the teacher)" if t_params else "")
-                     + f", best validation accuracy {report.best_val_accuracy}% "
-                       f"at epoch {report.best_epoch}/{config.epochs}")
+                     + (f", best validation accuracy {report.best_val_accuracy}% "
+                        if ctx.task.kind == "classification" else f", best validation loss {-report.best_val_accuracy} ")
+                     + f"at epoch {report.best_epoch}/{config.epochs}")
         art = save_module(student, ctx.workdir / "model.pt")
         return StageResult(art, metrics, notes=notes)
 
@@ -152,8 +154,8 @@ class DistillStage(Stage):
         t_taps = FeatureTaps(teacher, [h.teacher for h in hints])
         try:
             with torch.no_grad():
-                student.eval()(example)
-                teacher(example)
+                student.eval()(*example)
+                teacher(*example)
             for i, h in enumerate(hints):
                 s, t = s_taps.out[h.student], t_taps.out[h.teacher]
                 if s.ndim != t.ndim or s.ndim not in (2, 4):
@@ -175,8 +177,8 @@ class DistillStage(Stage):
         """The target's own export, on the untrained student: fail here, naming the op,
         rather than after minutes of training or in a later stage."""
         try:
-            ctx.target.export(student, ctx.data.evaluation.x[:1], folder,
-                                         opset=ctx.settings.export.opset)
+            ctx.target.export(student, ctx.data.example(1), folder, opset=ctx.settings.export.opset,
+                              output_names=ctx.output_names)
         except EdgepackError as e:
             raise ConversionError(f"distill: the student cannot be exported for target {ctx.target.name}: "
                                   f"{e}") from None

@@ -65,8 +65,12 @@ def factorize(layer: Any, rank: int) -> Any:
 def _candidates(model: Any, conv1x1: bool, min_params: int) -> list[tuple[str, Any]]:
     from torch import nn
 
+    # nn.MultiheadAttention reads its out_proj's weight directly: a factorized one would break it.
+    inside_attention = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention))
     out = []
     for name, m in model.named_modules():
+        if inside_attention and name.startswith(inside_attention):
+            continue
         if isinstance(m, nn.Linear):
             ok = True
         elif conv1x1 and isinstance(m, nn.Conv2d):
@@ -92,7 +96,7 @@ class LowRankStage(Stage):
 
     def check(self, config: LowRankConfig, ctx: BuildContext) -> None:
         if config.epochs > 0:
-            training_data(ctx.data, config, self.section)
+            training_data(ctx.data, config, self.section, ctx.task)
 
     def cache_key_extra(self, config: LowRankConfig, ctx: BuildContext) -> dict[str, Any]:
         return {"teacher": ctx.teacher.sha256}
@@ -101,7 +105,7 @@ class LowRankStage(Stage):
         import torch
 
         model = load_module(artifact)
-        before = count_params_macs(model, ctx.data.input_shape)
+        before = count_params_macs(model, ctx.data.example(1))
         layers = []
         with torch.no_grad():
             for name, m in _candidates(model, config.conv1x1, config.min_params):
@@ -118,13 +122,13 @@ class LowRankStage(Stage):
         done = [e for e in layers if "skipped" not in e]
         fine = {}
         if done and config.epochs > 0:
-            td = training_data(ctx.data, config, self.section)
+            td = training_data(ctx.data, config, self.section, ctx.task)
             teacher = ctx.teacher.module.eval()
             rep = train_kd(model, teacher, td, config, teacher_out=teacher_logits(teacher, td.x),
-                           progress=ctx.progress, label="lowrank")
+                           progress=ctx.progress, label="lowrank", task=ctx.task)
             fine = {k: v for k, v in rep.metrics().items() if k != "history"}
         t_eval = reference_outputs(ctx.results)
-        metrics = model_metrics(model, ctx.data, teacher_out=t_eval)
+        metrics = model_metrics(model, ctx.data, teacher_out=t_eval, task=ctx.task)
         metrics.update(params_before=before[0], macs_before=before[1], layers=layers, finetune=fine)
         rule = (f"param_budget {config.param_budget}" if config.param_budget is not None
                 else f"energy {config.energy}")

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field
 
 from ..artifacts import Artifact
 from ..errors import UsageError
+from ..arrays import to_torch
+from ..inputs.data import Split, draw
 from ..torchmodel import count_params_macs, load_module, save_module
-from ..training import (TrainingConfig, channel_pruner, compressed_size_bytes, model_metrics, reestimate_bn,
+from ..training import (TrainingConfig, check_pruned, output_shapes, pruning_guard, channel_pruner, compressed_size_bytes, model_metrics, reestimate_bn,
                         reference_outputs, taylor_gradients, teacher_logits, train_kd, training_data)
 from .base import BuildContext, Stage, StageResult
+
+BN_SAMPLES = 2048   # samples that re-estimate BatchNorm statistics (and feed Taylor gradients)
 
 DENSE_SPEED_NOTE = ("prune: unstructured sparsity makes the bundle smaller once compressed (zip), not faster: "
                     "TFLite and the other runtimes run the zeros at dense speed")
@@ -53,36 +56,42 @@ class PruneStage(Stage):
 
     def check(self, config: PruneConfig, ctx: BuildContext) -> None:
         if config.epochs > 0:
-            training_data(ctx.data, config, self.section)
+            training_data(ctx.data, config, self.section, ctx.task)
+        if config.method == "structured" and config.criterion == "taylor" and ctx.task.kind != "classification":
+            raise UsageError(f"prune.criterion = 'taylor' needs class labels (its gradients come from the "
+                             f"cross-entropy); the task is {ctx.task.kind}: use l1 or l2")
 
     def cache_key_extra(self, config: PruneConfig, ctx: BuildContext) -> dict[str, Any]:
         return {"teacher": ctx.teacher.sha256}      # the KD fine-tuning learns from it
 
     def run(self, artifact: Artifact, config: PruneConfig, ctx: BuildContext) -> StageResult:
-        import torch
 
         model = load_module(artifact)
         teacher = ctx.teacher.module.eval()
-        td = training_data(ctx.data, config, self.section) if config.epochs > 0 else None
+        td = training_data(ctx.data, config, self.section, ctx.task) if config.epochs > 0 else None
         t_out = teacher_logits(teacher, td.x) if td is not None else None
-        before = count_params_macs(model, ctx.data.input_shape)
-        example = torch.from_numpy(np.ascontiguousarray(ctx.data.evaluation.x[:2]))
-        calib = td.x if td is not None else ctx.data.calibration.x
+        before = count_params_macs(model, ctx.data.example(1))
+        example = to_torch(ctx.data.example(2))
+        # BatchNorm re-estimation and Taylor gradients: a seeded draw (stratified by class),
+        # never the first samples, which in a class-sorted file are the first classes only.
+        pool = Split(td.x, td.y) if td is not None else ctx.data.calibration
+        calib_split, _ = draw(pool, BN_SAMPLES, config.seed)
+        calib = calib_split.x
 
         def finetune(step: int) -> dict[str, Any]:
             if td is None:
                 return {}
             cfg = config.model_copy(update={"seed": config.seed + step})
             rep = train_kd(model, teacher, td, cfg, teacher_out=t_out, progress=ctx.progress,
-                           label=f"prune {step}/{config.steps}")
+                           label=f"prune {step}/{config.steps}", task=ctx.task)
             return {"step": step, **{k: v for k, v in rep.metrics().items() if k != "history"}}
 
         if config.method == "structured":
-            steps, extra = self._structured(model, example, config, ctx, calib, td, finetune, before[1])
+            steps, extra = self._structured(model, example, config, ctx, calib_split, finetune, before[1])
         else:
             steps, extra = self._unstructured(model, config, calib, finetune)
         t_eval = reference_outputs(ctx.results)
-        metrics = model_metrics(model, ctx.data, teacher_out=t_eval)
+        metrics = model_metrics(model, ctx.data, teacher_out=t_eval, task=ctx.task)
         metrics.update(method=config.method, params_before=before[0], macs_before=before[1],
                        compressed_size_bytes=compressed_size_bytes(model), steps=steps, **extra)
         notes = [self._summary(config, metrics)]
@@ -93,35 +102,43 @@ class PruneStage(Stage):
         return StageResult(save_module(model, ctx.workdir / "model.pt"), metrics, notes=notes)
 
     # -- structured --------------------------------------------------------------------
-    def _structured(self, model: Any, example: Any, config: PruneConfig, ctx: BuildContext, calib: np.ndarray,
-                    td: Any, finetune: Any, base_macs: int) -> tuple[list, dict]:
-        shape = ctx.data.input_shape
+    def _structured(self, model: Any, example: Any, config: PruneConfig, ctx: BuildContext, calib_split: Split,
+                    finetune: Any, base_macs: int) -> tuple[list, dict]:
+        shape = ctx.data.example(1)
+        shapes = output_shapes(model, example)
         glob = config.scope == "global"
         steps = []
         if config.mac_budget is None:
             if config.ratio == 0:
                 return steps, {"ratio": 0.0}
-            pruner = channel_pruner(model, example, ratio=config.ratio, criterion=config.criterion,
-                                    global_pruning=glob, steps=config.steps,
-                                    max_layer_ratio=config.max_layer_ratio if glob else 1.0, round_to=config.round_to)
+            with pruning_guard(model, self.section):
+                pruner = channel_pruner(model, example, ratio=config.ratio, criterion=config.criterion,
+                                        global_pruning=glob, steps=config.steps,
+                                        max_layer_ratio=config.max_layer_ratio if glob else 1.0,
+                                        round_to=config.round_to)
             for step in range(1, config.steps + 1):
-                self._gradients(model, config, td, calib, ctx)
-                pruner.step()
-                steps.append(self._after_cut(model, shape, calib, step) | finetune(step))
+                self._gradients(model, config, calib_split)
+                with pruning_guard(model, self.section):
+                    pruner.step()
+                check_pruned(model, example, shapes, self.section)
+                steps.append(self._after_cut(model, shape, calib_split.x, step) | finetune(step))
             return steps, {"ratio": config.ratio}
         # MAC budget: cut in small increments until each step's share of the budget is met.
         increments = 50 * config.steps
-        pruner = channel_pruner(model, example, ratio=config.max_layer_ratio, criterion=config.criterion,
-                                global_pruning=glob, steps=increments, max_layer_ratio=config.max_layer_ratio,
-                                round_to=config.round_to)
+        with pruning_guard(model, self.section):
+            pruner = channel_pruner(model, example, ratio=config.max_layer_ratio, criterion=config.criterion,
+                                    global_pruning=glob, steps=increments, max_layer_ratio=config.max_layer_ratio,
+                                    round_to=config.round_to)
         macs = base_macs
         for step in range(1, config.steps + 1):
             goal = base_macs * (1 - (1 - config.mac_budget) * step / config.steps)
             while macs > goal and pruner.current_step < increments:
-                self._gradients(model, config, td, calib, ctx)
-                pruner.step()
+                self._gradients(model, config, calib_split)
+                with pruning_guard(model, self.section):
+                    pruner.step()
+                check_pruned(model, example, shapes, self.section)
                 macs = count_params_macs(model, shape)[1]
-            steps.append(self._after_cut(model, shape, calib, step) | finetune(step))
+            steps.append(self._after_cut(model, shape, calib_split.x, step) | finetune(step))
         if macs > base_macs * config.mac_budget * 1.0001:
             raise UsageError(f"prune.mac_budget = {config.mac_budget}: reached only {macs / base_macs:.3f} of the "
                              f"input's MACs with prune.max_layer_ratio = {config.max_layer_ratio} "
@@ -129,20 +146,19 @@ class PruneStage(Stage):
         return steps, {"mac_budget": config.mac_budget, "macs_fraction": round(macs / base_macs, 4)}
 
     @staticmethod
-    def _gradients(model: Any, config: PruneConfig, td: Any, calib: np.ndarray, ctx: BuildContext) -> None:
+    def _gradients(model: Any, config: PruneConfig, calib: Split) -> None:
         if config.criterion == "taylor":
-            y = td.y if td is not None else ctx.data.calibration.y
-            taylor_gradients(model, calib, y)
+            taylor_gradients(model, calib.x, calib.y)
 
     @staticmethod
-    def _after_cut(model: Any, shape: tuple[int, ...], calib: np.ndarray, step: int) -> dict[str, Any]:
+    def _after_cut(model: Any, shape: Any, calib: Any, step: int) -> dict[str, Any]:
         model.zero_grad(set_to_none=True)
         reestimate_bn(model, calib)
         params, macs = count_params_macs(model, shape)
         return {"step": step, "params": params, "macs": macs}
 
     # -- unstructured ------------------------------------------------------------------
-    def _unstructured(self, model: Any, config: PruneConfig, calib: np.ndarray, finetune: Any) -> tuple[list, dict]:
+    def _unstructured(self, model: Any, config: PruneConfig, calib: Any, finetune: Any) -> tuple[list, dict]:
         from torch import nn
         from torch.nn.utils import prune
 

@@ -1,5 +1,7 @@
-"""validate: accuracy of the converted artifact against the FP32 teacher, and latency
-of artifact and reference on every device the profile names, through the harness.
+"""validate: the task's metric of the converted artifact against the FP32 teacher (and
+agreement of every output with the teacher's), and latency of artifact and reference on
+every device the profile names, through the harness. The metric runs here, on the host,
+on the outputs each device returned.
 
 A device that fails is recorded with its reason; the build still writes its bundle
 and report, and the gate fails (exit 1).
@@ -8,10 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import take
 from ..artifacts import Artifact
 from ..config import ValidateConfig
 from ..errors import DeviceError
-from ..harness import run_artifact, score
+from ..harness import run_artifact
+from ..inputs.data import take_targets
+from ..training import reference_outputs
 from .base import BuildContext, Stage, StageResult
 
 
@@ -24,21 +29,20 @@ def _device_entry(run, name: str) -> dict:
     return entry
 
 
-def gate_devices(ok: list[dict], gate_dev: dict | None, teacher_acc: float, budget: float) -> list[str]:
-    """Every device answers to the same accuracy budget as the gate device: the same file on
-    other kernels (ARM, another ISA) can compute differently, and a device that gets it wrong
-    must not pass unseen. Marks each entry with drop_pp, accuracy_vs_gate_pp and, over budget,
-    gate_failed; returns the notes for the report."""
+def gate_devices(ok: list[dict], gate_dev: dict | None) -> list[str]:
+    """Every device answers to the same budget as the gate device: the same file on other
+    kernels (ARM, another ISA) can compute differently, and a device that gets it wrong must
+    not pass unseen. Marks each failing entry with gate_failed; returns the notes."""
     notes = []
     for d in ok:
-        d["drop_pp"] = round(teacher_acc - d["accuracy"], 4)
-        if gate_dev is None:
+        if gate_dev is None or d is gate_dev:
             continue
-        d["accuracy_vs_gate_pp"] = round(d["accuracy"] - gate_dev["accuracy"], 4)
-        if d is not gate_dev and d["drop_pp"] > budget:
-            d["gate_failed"] = (f"accuracy {d['accuracy']:.2f} % on this device ({d['accuracy_vs_gate_pp']:+.2f} pp "
-                                f"against {gate_dev['name']}): drop {d['drop_pp']:.2f} pp exceeds "
-                                f"validate.max_accuracy_drop_pp = {budget}")
+        g = d["gate"]
+        if g.get("value") is not None and gate_dev.get("accuracy") is not None:
+            d["accuracy_vs_gate"] = round(g["value"] - gate_dev["accuracy"], 6)
+        if not g["passed"]:
+            d["gate_failed"] = f"{g.get('why') or g['metric'] + ' out of budget'} (against {gate_dev['name']}: " \
+                               f"{gate_dev['accuracy']})"
             notes.append(f"device {d['name']}: {d['gate_failed']}")
     return notes
 
@@ -56,11 +60,23 @@ class ValidateStage(Stage):
 
     def run(self, artifact: Artifact, config: ValidateConfig, ctx: BuildContext) -> StageResult:
         ev = ctx.data.evaluation
+        task = ctx.task
         ref_stage = ctx.results["reference"]
-        teacher_out = np.load(ref_stage.extras["teacher_outputs"].path)
-        teacher_acc = ref_stage.metrics["accuracy"]
+        teacher_out = reference_outputs(ctx.results)
+        teacher_metrics = ref_stage.metrics.get("task_metrics") or {}
         reference = ref_stage.extras.get("reference")
-        timing = dict(warmup=config.warmup_runs, runs=config.runs, threads=config.threads)
+        timing = dict(warmup=config.warmup_runs, runs=config.runs, threads=config.threads,
+                      output_names=ctx.output_names)
+
+        def scored(run, name: str) -> dict:
+            entry = _device_entry(run, name)
+            measured = task.evaluate(run.outputs, ev.y, teacher_out)
+            entry.update(metric=task.metric, accuracy=measured.get(task.metric), metrics=measured,
+                         gate=task.gate(measured, teacher_metrics, config.max_accuracy_drop_pp))
+            for k in ("top1_agreement", "cosine_similarity", "sqnr_db"):
+                if k in measured:
+                    entry[k] = measured[k]
+            return entry
 
         devices, ref_devices, notes = [], [], []
         host_outputs = None
@@ -76,42 +92,52 @@ class ValidateStage(Stage):
                 devices.append({"name": name, "error": str(e)})
                 notes.append(f"device {name} failed: {e}")
                 continue
-            entry = _device_entry(run, name)
-            entry.update(score(run.outputs, ev.y, teacher_out))
-            devices.append(entry)
+            devices.append(scored(run, name))
             if host_outputs is None:
-                host_outputs = run.outputs
+                host_outputs = run.raw_outputs if run.raw_outputs is not None else run.outputs
             if reference is not None:
                 try:
-                    rrun = run_artifact(ctx.target, reference, device, ev.x, wd / "reference", **timing)
-                    rentry = _device_entry(rrun, name)
-                    rentry.update(score(rrun.outputs, ev.y, teacher_out))
-                    ref_devices.append(rentry)
+                    ref_devices.append(scored(run_artifact(ctx.target, reference, device, ev.x, wd / "reference",
+                                                           **timing), name))
                 except DeviceError as e:
                     ref_devices.append({"name": name, "error": str(e)})
                     notes.append(f"reference on device {name} failed: {e}")
 
         ok = [d for d in devices if "error" not in d]
         gate_dev = next((d for d in ok if d["name"] == "host"), ok[0] if ok else None)
-        value = gate_dev["accuracy"] if gate_dev else None
-        drop = round(teacher_acc - value, 4) if value is not None else None
-        acc = {"metric": "top1", "value": value, "teacher": teacher_acc, "drop_pp": drop,
-               "max_drop_pp": config.max_accuracy_drop_pp, "measured_on": gate_dev and gate_dev["name"],
-               "passed": drop is not None and drop <= config.max_accuracy_drop_pp}
+        acc = task.gate(gate_dev["metrics"] if gate_dev else None, teacher_metrics, config.max_accuracy_drop_pp)
+        acc.update(measured_on=gate_dev and gate_dev["name"])
         if gate_dev:
-            acc.update(top1_agreement=gate_dev["top1_agreement"], cosine_similarity=gate_dev["cosine_similarity"])
-        if not acc["passed"] and drop is not None:
-            notes.append(f"accuracy drop {drop:.2f} pp exceeds validate.max_accuracy_drop_pp = {config.max_accuracy_drop_pp}")
-        notes += gate_devices(ok, gate_dev, teacher_acc, config.max_accuracy_drop_pp)
+            for k in ("top1_agreement", "cosine_similarity", "sqnr_db"):
+                if k in gate_dev:
+                    acc[k] = gate_dev[k]
+            if "top5" in gate_dev["metrics"]:
+                acc["top5"] = gate_dev["metrics"]["top5"]
+        if not acc["passed"] and gate_dev is not None:
+            notes.append(acc.get("why") or f"{task.metric} out of budget")
+        notes += gate_devices(ok, gate_dev)
         failed_devices = [d["name"] for d in devices if "error" in d or "gate_failed" in d]
         metrics = {"accuracy": acc, "devices": devices, "reference_devices": ref_devices,
                    "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices}
 
         extras = {}
         if host_outputs is not None:
-            n = min(config.reference_inputs, len(ev.y))
+            n = min(config.reference_inputs, len(ev))
             path = ctx.workdir / "reference.npz"
-            np.savez(path, x=ctx.target.to_model_layout(ev.x[:n], artifact), y=ev.y[:n],
-                     expected_outputs=host_outputs[:n])
+            arrays = {f"x.{k}": v for k, v in ctx.target.to_model_layout(take(ev.x, slice(0, n)), artifact).items()}
+            arrays.update({f"expected.{k}": v[:n] for k, v in zip(ctx.output_names, host_outputs)})
+            arrays.update(_targets(take_targets(ev.y, slice(0, n))))
+            if len(ev.x) == 1 and len(host_outputs) == 1:    # the names of one-input, one-output bundles
+                arrays["x"] = arrays[f"x.{next(iter(ev.x))}"]
+                arrays["expected_outputs"] = host_outputs[0][:n]
+            np.savez(path, **arrays)
             extras["reference_io"] = Artifact.from_file("npz", path)
         return StageResult(artifact, metrics, extras, notes)
+
+
+def _targets(y) -> dict:
+    if y is None:
+        return {}
+    if isinstance(y, dict):
+        return {f"y.{k}": v for k, v in y.items()}
+    return {"y": y}

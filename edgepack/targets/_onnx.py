@@ -33,6 +33,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..arrays import Arrays, as_arrays, flatten_outputs, head, to_torch
+from ..arrays import output_names as arrays_output_names
 from ..artifacts import Artifact
 from ..errors import ConversionError
 
@@ -96,11 +98,14 @@ def _unsupported_op(message: str) -> str | None:
     return None
 
 
-def export_onnx(model: Any, sample: np.ndarray, path: Path, opset: int = 17) -> Artifact:
-    """Export `model` (eval mode, batch 1, input "input", output "output") to `path`.
+def export_onnx(model: Any, sample: Arrays, path: Path, opset: int = 17, *,
+                output_names: list[str] | None = None, dynamic_batch: bool = False) -> Artifact:
+    """Export `model` (eval mode) to `path`: inputs named as `sample`'s keys (one sample of
+    each, in forward order, each in its own dtype), outputs as `output_names` (default: as
+    arrays.output_names names the forward's result); batch 1, or a dynamic batch dimension.
 
     The file is written atomically. It is checked with onnx.checker and run with
-    onnxruntime on `sample[:1]`: a result that differs from torch, or an operator the
+    onnxruntime on the sample: a result that differs from torch, or an operator the
     exporter cannot translate, raises ConversionError naming the op. An opset below
     MIN_OPSET is raised to it, with a note in meta["notes"].
     """
@@ -109,7 +114,8 @@ def export_onnx(model: Any, sample: np.ndarray, path: Path, opset: int = 17) -> 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.from_numpy(np.ascontiguousarray(sample[:1], dtype=np.float32))
+    sample = head(as_arrays(sample), 1)
+    args = to_torch(sample)
     notes = []
     if opset < MIN_OPSET:
         notes.append(f"export.opset = {opset} raised to {MIN_OPSET}: the torch {torch.__version__.split('+')[0]} "
@@ -122,17 +128,20 @@ def export_onnx(model: Any, sample: np.ndarray, path: Path, opset: int = 17) -> 
     tmp = Path(tmp_name)
     try:
         with torch.no_grad():
-            reference = model(x)
-            if not isinstance(reference, torch.Tensor):
-                raise ConversionError(f"{type(model).__name__}.forward returns {type(reference).__name__}; "
-                                      "export needs a model that returns one tensor (the logits)")
+            raw = model(*args)
+            reference = flatten_outputs(raw, type(model).__name__)
+            names = list(output_names or arrays_output_names(raw))
+            dynamic = None
+            if dynamic_batch:
+                batch = torch.export.Dim("batch")
+                dynamic = tuple({0: batch} for _ in args)
             try:
                 with quiet(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     # external_data=False: one self-contained file (models under 2 GB).
-                    torch.onnx.export(model, (x,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    torch.onnx.export(model, args, str(tmp), input_names=list(sample), output_names=names,
                                       opset_version=opset, dynamo=True, external_data=False, optimize=True,
-                                      verbose=False)
+                                      verbose=False, dynamic_shapes=dynamic)
             except Exception as e:
                 op = _unsupported_op(str(e))
                 what = f"unsupported operator {op}" if op else "export failed"
@@ -143,37 +152,54 @@ def export_onnx(model: Any, sample: np.ndarray, path: Path, opset: int = 17) -> 
         except Exception as e:
             raise ConversionError(f"ONNX export of {type(model).__name__}: onnx.checker rejects the model: "
                                   f"{_first_line(e)}") from e
-        diff = _check_with_onnxruntime(tmp, x.numpy(), reference.numpy())
+        diff = _check_with_onnxruntime(tmp, sample, dict(zip(names, (r.numpy() for r in reference))))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
         model.train(was_training)
-    meta: dict[str, Any] = {"input_shape": list(x.shape), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-                            "opset": opset, "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
-                            "max_abs_diff": diff}
+    first = next(iter(sample.values()))
+    meta: dict[str, Any] = {"input_shape": list(first.shape), "input_name": next(iter(sample)),
+                            "output_name": names[0], "inputs": io_entries(sample), "output_names": names,
+                            "output_shapes": {n: list(r.shape) for n, r in zip(names, reference)},
+                            "dynamic_batch": bool(dynamic_batch), "opset": opset,
+                            "exporter": f"torch.onnx dynamo (torch {torch.__version__})", "max_abs_diff": diff}
     if notes:
         meta["notes"] = notes
     return Artifact.from_file("onnx", path, **meta)
 
 
-def _check_with_onnxruntime(path: Path, x: np.ndarray, expected: np.ndarray) -> float:
+def io_entries(sample: Arrays) -> list[dict[str, Any]]:
+    """[{name, shape (batch 1), dtype}] of the inputs: what export records for convert."""
+    return [{"name": k, "shape": [1, *v.shape[1:]], "dtype": str(v.dtype)} for k, v in sample.items()]
+
+
+def _check_with_onnxruntime(path: Path, sample: Arrays, expected: dict[str, np.ndarray]) -> float:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1     # one sample: threads would only spin
+    feed = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in sample.items()}
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+        got = session.run(list(expected), feed)
     except Exception as e:
         raise ConversionError(f"onnxruntime cannot run the exported ONNX model: {_first_line(e)}") from e
-    if got.shape != expected.shape:
-        raise ConversionError(f"exported ONNX model gives output shape {list(got.shape)}, torch gives "
-                              f"{list(expected.shape)}")
-    diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
-    if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)):
-        raise ConversionError(f"exported ONNX model differs from torch on the sample: max |diff| = {diff:.3g}")
-    return diff
+    worst = 0.0
+    for (name, want), have in zip(expected.items(), got):
+        if have.shape != want.shape:
+            raise ConversionError(f"exported ONNX model gives output {name} of shape {list(have.shape)}, torch gives "
+                                  f"{list(want.shape)}")
+        if not np.issubdtype(want.dtype, np.floating):
+            if not np.array_equal(have, want):
+                raise ConversionError(f"exported ONNX model differs from torch on the sample in output {name}")
+            continue
+        diff = float(np.max(np.abs(have - want))) if have.size else 0.0
+        if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(want), initial=0.0)):
+            raise ConversionError(f"exported ONNX model differs from torch on the sample in output {name}: "
+                                  f"max |diff| = {diff:.3g}")
+        worst = max(worst, diff)
+    return worst
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

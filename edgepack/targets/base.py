@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..arrays import Arrays, as_arrays, n_samples
 from ..artifacts import Artifact
 from ..errors import ToolchainMissing, UsageError
 
@@ -55,46 +56,90 @@ class Target(ABC):
     # -- the work ----------------------------------------------------------------
     quantize_config: ClassVar[type | None] = None   # a QuantizeConfig subclass with target-only keys
 
-    def export(self, model: "Any", sample: np.ndarray, out_dir: Path, opset: int = 17) -> Artifact:
-        """torch.nn.Module -> the format convert() takes. Default: ONNX."""
+    def export(self, model: "Any", sample: Arrays | np.ndarray, out_dir: Path, opset: int = 17, *,
+               output_names: list[str] | None = None, dynamic_batch: bool = False) -> Artifact:
+        """torch.nn.Module -> the format convert() takes. Default: ONNX. `sample`: one sample
+        of every input, named, in forward order (a bare array: the one input "input")."""
         from ._onnx import export_onnx
 
-        return export_onnx(model, sample, out_dir / "model.onnx", opset=opset)
+        return export_onnx(model, as_arrays(sample), out_dir / "model.onnx", opset=opset, output_names=output_names,
+                           dynamic_batch=dynamic_batch)
 
-    def convert_inputs(self, exported: Artifact, quantize: Any, calibration: np.ndarray) -> np.ndarray:
+    def convert_inputs(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray) -> Arrays:
         """The checks every convert() starts with: a scheme this target supports, the artifact
         kind its export() makes, calibration data for static int8. Returns the calibration
-        samples the profile asks for, float32 and contiguous."""
+        samples the profile asks for, contiguous, each input in its own dtype."""
         self.check_scheme(quantize.scheme)
         if exported.kind != self.export_format:
             what = _EXPORT_FORMATS.get(self.export_format, f"a {self.export_format!r} artifact")
             raise UsageError(f"target {self.name!r} converts {what}, got a {exported.kind!r} artifact "
                              f"({exported.path})")
-        calib = np.ascontiguousarray(calibration[: quantize.calibration_samples], dtype=np.float32)
-        if quantize.scheme == "int8" and len(calib) == 0:
+        calib = {k: np.ascontiguousarray(v[: quantize.calibration_samples])
+                 for k, v in as_arrays(calibration).items()}
+        if quantize.scheme == "int8" and n_samples(calib) == 0:
             raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
         return calib
 
+    def routes(self, quantize: Any) -> list[str | None]:
+        """The conversion routes to try, in order (the stage keeps the first whose file runs and
+        meets the budget). One route, unnamed, unless the adapter has several."""
+        return [None]
+
     @abstractmethod
-    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Artifact:
+    def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
+                *, progress: Any = None, validation: tuple[Arrays, Any] | None = None, task: Any = None,
+                route: str | None = None, module: Artifact | None = None) -> Artifact:
         """Quantize (per `quantize.scheme`) and convert to the target format.
 
-        `calibration` is float32 NCHW, already preprocessed. `validation` is labeled
-        (x, y), disjoint from the evaluation split, for a quantizer that controls accuracy
-        itself (NNCF's accuracy control); other targets ignore it. Returns the artifact with
-        meta["layout"] ("NCHW"/"NHWC") and meta["scheme"] set, plus anything the
-        report should show (meta["notes"], e.g. reverted layers or delegation).
+        `calibration`: the model's inputs, named, torch layout, already preprocessed.
+        `validation`: (inputs, targets) disjoint from the calibration subset and the evaluation
+        split, for a quantizer that controls accuracy itself (NNCF's accuracy control), with
+        `task` (edgepack.tasks.Task) to score them; other targets ignore both. `route`: one of
+        routes(quantize); `module`: the torch module artifact export() exported, for a route
+        that converts from torch directly. Returns the
+        artifact with meta["layouts"] ({input: "NCHW"/"NHWC"/...}), meta["layout"] (the first
+        input's) and meta["scheme"] set, plus anything the report should show (meta["notes"],
+        e.g. reverted layers or delegation).
         """
 
     @abstractmethod
     def io_details(self, artifact: Artifact) -> dict[str, list[dict[str, Any]]]:
         """{"inputs": [...], "outputs": [...]}: name, shape, dtype, layout, scale, zero_point."""
 
-    def to_model_layout(self, x_nchw: np.ndarray, artifact: Artifact) -> np.ndarray:
-        if artifact.meta.get("layout") == "NHWC" and x_nchw.ndim == 4:
-            return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
-        return x_nchw
+    def to_model_layout(self, inputs: Arrays | np.ndarray, artifact: Artifact) -> Arrays:
+        """Torch-layout inputs in the layout the artifact takes: channel-last where the
+        converter made it so (meta["layouts"], per input), as they are elsewhere."""
+        inputs = as_arrays(inputs)
+        layouts = artifact.meta.get("layouts") or {}
+        first = artifact.meta.get("layout")
+        out = {}
+        for i, (name, x) in enumerate(inputs.items()):
+            layout = layouts.get(name, first if i == 0 else None)
+            out[name] = to_layout(x, layout)
+        return out
+
+
+    def from_model_layout(self, outputs: list[np.ndarray], artifact: Artifact) -> list[np.ndarray]:
+        """Outputs as the file gives them -> torch's layout (meta["output_layouts"]: a
+        channel-last layout per output where the converter made one)."""
+        layouts = artifact.meta.get("output_layouts") or {}
+        names = artifact.meta.get("output_names") or []
+        return [from_layout(o, layouts.get(n)) for n, o in zip(names, outputs)] + outputs[len(names):] \
+            if layouts else outputs
+
+
+def from_layout(x: np.ndarray, layout: str | None) -> np.ndarray:
+    """Channel-last data (NHWC, NWC, NDHWC) back to channel-first (torch)."""
+    if layout in ("NHWC", "NWC", "NDHWC") and x.ndim == len(layout):
+        return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    return x
+
+
+def to_layout(x: np.ndarray, layout: str | None) -> np.ndarray:
+    """Channel-first (torch) data in a channel-last layout: NHWC, NWC, NDHWC."""
+    if layout in ("NHWC", "NWC", "NDHWC") and x.ndim == len(layout):
+        return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    return x
 
 
 def _discover() -> None:

@@ -38,7 +38,9 @@ import numpy as np
 
 from ..artifacts import Artifact, atomic_write_bytes
 from ..errors import ConversionError
-from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
+from ..arrays import Arrays, as_arrays, flatten_outputs, head, n_samples, take, to_torch
+from ..arrays import output_names as arrays_output_names
+from ._onnx import INPUT_NAME, OUTPUT_NAME, io_entries, quiet
 from .base import Target
 
 # torchao (imported by executorch.exir) warns that its CUDA kernels (mxfp8, cutlass) do not
@@ -66,12 +68,21 @@ class ExecuTorchArm(Target):
     export_format = "pt2"
     quantizer = "PT2E with the XNNPACK quantizer (torchao.quantization.pt2e)"
 
+    def routes(self, quantize: Any) -> list[str]:
+        # xnnpack: the XNNPACK delegate takes what it can. portable: no delegate, every op on
+        # ExecuTorch's portable kernels: slower, but it runs a graph the XNNPACK partitioner's
+        # passes cannot lower (seen: a permute before a flatten in ChannelsLastTaggedReshapePass).
+        return ["xnnpack", "portable"]
+
     # -- export -------------------------------------------------------------------
-    def export(self, model: Any, sample: np.ndarray, out_dir: Path, opset: int = 17) -> Artifact:
-        """torch.nn.Module -> torch.export program (model.pt2), batch 1. `opset` is ONNX's: unused."""
+    def export(self, model: Any, sample: Arrays | np.ndarray, out_dir: Path, opset: int = 17, *,
+               output_names: list[str] | None = None, dynamic_batch: bool = False) -> Artifact:
+        """torch.nn.Module -> torch.export program (model.pt2), batch 1 (a dynamic batch
+        dimension with dynamic_batch). `opset` is ONNX's: unused."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(sample[:1], dtype=np.float32))
+        sample = head(as_arrays(sample), 1)
+        args = to_torch(sample)
         was_training = model.training
         try:
             model.eval()
@@ -79,37 +90,41 @@ class ExecuTorchArm(Target):
             was_training = False
         try:
             with torch.no_grad():
-                expected = model(x)
-                if not isinstance(expected, torch.Tensor):
-                    raise ConversionError(f"target {self.name!r}: {type(model).__name__}.forward returns "
-                                          f"{type(expected).__name__}; export needs a model that returns one "
-                                          "tensor (the logits)")
+                raw = model(*args)
+                expected = flatten_outputs(raw, type(model).__name__)
+                names = list(output_names or arrays_output_names(raw))
+                dynamic = None
+                if dynamic_batch:
+                    batch = torch.export.Dim("batch")
+                    dynamic = tuple({0: batch} for _ in args)
                 with quiet(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     try:
-                        program = torch.export.export(model, (x,))
-                        got = program.module()(x)
+                        program = torch.export.export(model, args, dynamic_shapes=dynamic)
+                        got = flatten_outputs(program.module()(*args))
                     except Exception as e:
                         raise ConversionError(f"target {self.name!r}: torch.export of {type(model).__name__} "
                                               f"failed{_op_clause(str(e))}: {_first_line(e)}") from e
         finally:
             if was_training:
                 model.train()
-        diff = float((got - expected).abs().max()) if expected.numel() else 0.0
-        if not np.isfinite(diff) or diff > ATOL + RTOL * float(expected.abs().max()):
-            raise ConversionError(f"target {self.name!r}: the exported program differs from torch on the sample: "
-                                  f"max |diff| = {diff:.3g}")
+        diff = _max_diff(got, expected)
+        if diff is None:
+            raise ConversionError(f"target {self.name!r}: the exported program differs from torch on the sample")
         buf = io.BytesIO()
         torch.export.save(program, buf)
         dest = Path(out_dir) / "model.pt2"
         atomic_write_bytes(dest, buf.getvalue())
-        return Artifact.from_file("pt2", dest, input_shape=list(x.shape), input_name=INPUT_NAME,
-                                  output_name=OUTPUT_NAME, exporter=f"torch.export (torch {torch.__version__})",
-                                  max_abs_diff=diff)
+        first = next(iter(sample.values()))
+        return Artifact.from_file("pt2", dest, input_shape=list(first.shape), input_name=next(iter(sample)),
+                                  output_name=names[0], inputs=io_entries(sample), output_names=names,
+                                  dynamic_batch=bool(dynamic_batch),
+                                  exporter=f"torch.export (torch {torch.__version__})", max_abs_diff=diff)
 
     # -- convert ------------------------------------------------------------------
-    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None, validation: Any = None) -> Artifact:
+    def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
+                *, progress: Any = None, validation: Any = None, task: Any = None, route: str | None = None,
+                module: Artifact | None = None) -> Artifact:
         calib = self.convert_inputs(exported, quantize, calibration)
         import torch
 
@@ -123,8 +138,7 @@ class ExecuTorchArm(Target):
         with quiet() as log, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.load(str(exported.path))
-            shape = [1, *[int(s) for s in exported.meta.get("input_shape", calib.shape)[1:]]]
-            sample = torch.from_numpy(calib[:1] if len(calib) else np.zeros(shape, np.float32))
+            sample = _sample(exported, calib)
             if scheme != "none":
                 try:
                     program = _quantize(program, scheme, quantize.per_channel, calib, sample)
@@ -133,31 +147,38 @@ class ExecuTorchArm(Target):
                                           f"{_op_clause(str(e))}: {_first_line(e)}") from e
             advance(1)
             failure = None
+            route = route or "xnnpack"
             try:
                 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
                 from executorch.exir import to_edge_transform_and_lower
 
-                edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+                partitioners = [XnnpackPartitioner()] if route == "xnnpack" else []
+                edge = to_edge_transform_and_lower(program, partitioner=partitioners)
                 delegation = _delegation(edge.exported_program().graph_module)
                 data = edge.to_executorch().buffer
             except Exception as e:
                 failure = e
         if failure is not None:     # after the block: log.text is filled when quiet() ends
-            raise ConversionError(_lowering_failure(failure, log.text)) from failure
+            raise ConversionError(_lowering_failure(failure, log.text, route)) from failure
         advance(1)
         diff = self._check_runs(data, sample, program if scheme == "none" else None)
         dest = Path(out_dir) / "model.pte"
         atomic_write_bytes(dest, data)
         advance(1)
 
-        meta: dict[str, Any] = {"layout": _LAYOUTS.get(len(shape), "NC"), "scheme": scheme, "io": "float32",
-                                "input_shape": shape, "delegation": delegation}
+        layouts = {k: _LAYOUTS.get(v.ndim, "NC") for k, v in zip(calib or _names(exported), sample)}
+        meta: dict[str, Any] = {"layout": next(iter(layouts.values())), "layouts": layouts, "scheme": scheme,
+                                "io": "float32", "input_shape": list(sample[0].shape), "delegation": delegation,
+                                "output_names": list(exported.meta.get("output_names") or []), "route": route}
         if scheme != "none":
             meta["per_channel"] = bool(quantize.per_channel)
         if scheme == "int8":
-            meta["calibration_samples"] = int(len(calib))
+            meta["calibration_samples"] = n_samples(calib)
         if diff is not None:
             meta["max_abs_diff"] = diff
+        if route == "portable":
+            notes.append("route portable: no XNNPACK delegate; every operator runs on ExecuTorch's portable "
+                         "kernels (slower)")
         notes.append(_delegation_note(delegation))
         if scheme != "none":
             notes.append(_quantized_note(delegation, scheme))
@@ -173,7 +194,7 @@ class ExecuTorchArm(Target):
         with quiet() as log:       # log.text is filled when the block ends
             try:
                 method = Runtime.get().load_program(data).load_method("forward")
-                (out, *_) = method.execute([sample])
+                outs = list(method.execute(list(sample)))
             except Exception as e:
                 failure = e
         if failure is not None:
@@ -184,18 +205,18 @@ class ExecuTorchArm(Target):
                                       "portable kernel)") from None
             raise ConversionError(f"target {self.name!r}: the .pte does not run in executorch.runtime: "
                                   f"{_first_line(failure)}") from None
-        if not bool(out.isfinite().all()):
+        if not all(bool(o.isfinite().all()) for o in outs if o.is_floating_point()):
             raise ConversionError(f"target {self.name!r}: the .pte gives non-finite outputs on a sample")
         if reference is None:
             return None
         import torch
 
         with torch.no_grad():
-            expected = reference.module()(sample)
-        diff = float((out - expected).abs().max()) if expected.numel() else 0.0
-        if out.shape != expected.shape or diff > ATOL + RTOL * float(expected.abs().max()):
+            expected = flatten_outputs(reference.module()(*sample))
+        diff = _max_diff(outs, expected)
+        if diff is None:
             raise ConversionError(f"target {self.name!r}: the float .pte differs from torch on the sample: "
-                                  f"shape {list(out.shape)} vs {list(expected.shape)}, max |diff| = {diff:.3g}")
+                                  f"shapes {[list(o.shape) for o in outs]} vs {[list(e.shape) for e in expected]}")
         return diff
 
     # -- inspect ------------------------------------------------------------------
@@ -204,7 +225,9 @@ class ExecuTorchArm(Target):
 
         with quiet():
             meta = Runtime.get().load_program(str(artifact.path)).metadata("forward")
-        layout = artifact.meta.get("layout", "NCHW")
+        layouts = artifact.meta.get("layouts") or {}
+        in_names = list(layouts) or [INPUT_NAME]
+        out_names = list(artifact.meta.get("output_names") or [OUTPUT_NAME])
 
         def entry(info: Any, index: int, name: str, layout: str | None) -> dict[str, Any]:
             shape = [int(s) for s in info.sizes()]
@@ -212,19 +235,24 @@ class ExecuTorchArm(Target):
                     "dtype": _SCALAR_TYPES.get(int(info.dtype()), str(info.dtype())),
                     "layout": layout, "scale": None, "zero_point": 0}
 
-        inputs = [entry(meta.input_tensor_meta(i), i, INPUT_NAME if i == 0 else f"input_{i}", layout)
-                  for i in range(meta.num_inputs())]
+        def name(names: list[str], i: int, kind: str) -> str:
+            return names[i] if i < len(names) else f"{kind}_{i}"
+
+        inputs = []
+        for i in range(meta.num_inputs()):
+            info = meta.input_tensor_meta(i)
+            n = name(in_names, i, "input")
+            inputs.append(entry(info, i, n, layouts.get(n, _LAYOUTS.get(len(info.sizes())))))
         outputs = []
         for i in range(meta.num_outputs()):
             info = meta.output_tensor_meta(i)
-            outputs.append(entry(info, i, OUTPUT_NAME if i == 0 else f"output_{i}",
-                                 _LAYOUTS.get(len(info.sizes())) if i == 0 else None))
+            outputs.append(entry(info, i, name(out_names, i, "output"), _LAYOUTS.get(len(info.sizes()))))
         return {"inputs": inputs, "outputs": outputs}
 
 
 # -- PT2E -------------------------------------------------------------------------
 
-def _quantize(program: Any, scheme: str, per_channel: bool, calib: np.ndarray, sample: Any) -> Any:
+def _quantize(program: Any, scheme: str, per_channel: bool, calib: Arrays, sample: tuple[Any, ...]) -> Any:
     import torch
 
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
@@ -235,21 +263,56 @@ def _quantize(program: Any, scheme: str, per_channel: bool, calib: np.ndarray, s
     prepared = prepare_pt2e(program.module(), XNNPACKQuantizer().set_global(config))
     # Static: calibrate activations on every sample. Dynamic: activations need no statistics;
     # one pass feeds the weight observers.
-    feed = calib if scheme == "int8" else calib[:1]
+    feed = calib if scheme == "int8" else head(calib, 1)
     # One intra-op thread: the observers run many tiny ops, and on a busy machine each parallel
     # region waits for a descheduled worker (seen: 120 ms per sample with 2 threads, 1 ms with 1).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            if len(feed) == 0:
-                prepared(sample)
-            for i in range(len(feed)):
-                prepared(torch.from_numpy(feed[i:i + 1]))
+            if n_samples(feed) == 0:
+                prepared(*sample)
+            for i in range(n_samples(feed)):
+                prepared(*to_torch(take(feed, slice(i, i + 1))))
     finally:
         torch.set_num_threads(threads)
     converted = convert_pt2e(prepared)
-    return torch.export.export(converted, (sample,))
+    return torch.export.export(converted, sample)
+
+
+def _sample(exported: Artifact, calib: Arrays) -> tuple[Any, ...]:
+    """One calibration sample as the program's positional inputs (zeros of the recorded
+    shapes and dtypes when there is no calibration data: the float reference)."""
+    import torch
+
+    if n_samples(calib):
+        return to_torch(head(calib, 1))
+    entries = exported.meta.get("inputs") or [{"shape": exported.meta.get("input_shape"), "dtype": "float32"}]
+    return tuple(torch.from_numpy(np.zeros(e["shape"], e["dtype"])) for e in entries)
+
+
+def _names(exported: Artifact) -> list[str]:
+    return [e["name"] for e in exported.meta.get("inputs") or [{"name": INPUT_NAME}]]
+
+
+def _max_diff(got: list[Any], expected: list[Any]) -> float | None:
+    """The largest abs difference over float outputs; None when shapes, count or integer
+    outputs differ, or a float output is off by more than ATOL + RTOL * its range."""
+    if len(got) != len(expected):
+        return None
+    worst = 0.0
+    for g, e in zip(got, expected):
+        if g.shape != e.shape:
+            return None
+        if not e.is_floating_point():
+            if not bool((g == e).all()):
+                return None
+            continue
+        diff = float((g.float() - e.float()).abs().max()) if e.numel() else 0.0
+        if not np.isfinite(diff) or diff > ATOL + RTOL * float(e.abs().max() if e.numel() else 0):
+            return None
+        worst = max(worst, diff)
+    return worst
 
 
 def _op_name(target: Any) -> str:
@@ -321,13 +384,26 @@ def _op_clause(message: str) -> str:
     return ""
 
 
-def _lowering_failure(e: BaseException, log: str) -> str:
+def _lowering_failure(e: BaseException, log: str, route: str = "xnnpack") -> str:
     text = f"{e}\n{log}"
     if m := _OP_IN_MESSAGE[0].search(text):
         return (f"target 'executorch-arm': operator {m.group(1)} is not in the Core ATen opset that ExecuTorch "
                 f"runs (to_edge rejects it; no XNNPACK or portable kernel)")
-    return f"target 'executorch-arm': to_edge_transform_and_lower / to_executorch failed{_op_clause(text)}: " \
-           f"{_first_line(e)}"
+    where = _failing_pass(e)
+    return (f"target 'executorch-arm' route {route}: to_edge_transform_and_lower / to_executorch failed"
+            f"{_op_clause(text)}{' in ' + where if where else ''}: {_first_line(e)}")
+
+
+def _failing_pass(e: BaseException) -> str | None:
+    """The compiler pass whose frame raised (ChannelsLastTaggedReshapePass, say), if any."""
+    tb = e.__traceback__
+    found = None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and type(owner).__name__.endswith("Pass"):
+            found = type(owner).__name__
+        tb = tb.tb_next
+    return found
 
 
 def _first_line(e: BaseException) -> str:

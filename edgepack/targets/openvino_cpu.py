@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from ..arrays import Arrays, head, n_samples
 from ..artifacts import Artifact
 from ..config import QuantizeConfig
 from ..errors import ConversionError
@@ -81,16 +82,20 @@ class OpenVINOCpu(Target):
     quantizer = "NNCF post-training quantization (nncf.quantize / quantize_with_accuracy_control)"
 
     # -- export -------------------------------------------------------------------
-    def export(self, model: Any, sample: np.ndarray, out_dir: Path, opset: int = 17) -> Artifact:
+    def export(self, model: Any, sample: Arrays | np.ndarray, out_dir: Path, opset: int = 17, *,
+               output_names: list[str] | None = None, dynamic_batch: bool = False) -> Artifact:
         try:
-            return super().export(model, sample, out_dir, opset)
+            return super().export(model, sample, out_dir, opset, output_names=output_names,
+                                  dynamic_batch=dynamic_batch)
         except ConversionError as e:
             raise ConversionError(f"target {self.name!r}: {e}") from e
 
     # -- convert ------------------------------------------------------------------
-    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None, validation: tuple[np.ndarray, np.ndarray] | None = None) -> Artifact:
-        """`validation`: labeled (x, y) for accuracy control (x float32 NCHW, preprocessed)."""
+    def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
+                *, progress: Any = None, validation: tuple[Arrays, Any] | None = None, task: Any = None,
+                route: str | None = None, module: Artifact | None = None) -> Artifact:
+        """`validation`: (inputs, class ids) for accuracy control, disjoint from calibration and
+        evaluation; used when the task is classification."""
         if not isinstance(quantize, OpenVINOQuantizeConfig):     # the common section: NNCF's defaults
             quantize = OpenVINOQuantizeConfig(**quantize.model_dump())
         calib = self.convert_inputs(exported, quantize, calibration)
@@ -102,19 +107,27 @@ class OpenVINOCpu(Target):
         steps = {"int8": 3, "dynamic": 3, "none": 2}[scheme]
         advance = progress(f"{self.name}: convert ({scheme})", steps) if progress else (lambda n=1: None)
 
-        shape = _static_shape(exported, calib)
-        model = _convert_onnx(exported.path, exported.meta.get("input_name", INPUT_NAME), shape)
-        sample = calib[:1] if len(calib) else np.zeros(shape, np.float32)
+        shapes = _static_shapes(exported, calib)
+        model = _convert_onnx(exported.path, shapes)
+        sample = head(calib, 1) if n_samples(calib) else {k: np.zeros(v, np.float32) for k, v in shapes.items()}
         check = _check_against_onnxruntime(model, exported.path, sample)
         advance(1)
 
-        meta: dict[str, Any] = {"layout": _LAYOUTS.get(len(shape), "NC"), "scheme": scheme, "io": "float32",
-                                "input_shape": shape, "float_check_max_abs_diff": check}
+        layouts = {k: _LAYOUTS.get(len(v), "NC") for k, v in shapes.items()}
+        meta: dict[str, Any] = {"layout": next(iter(layouts.values())), "layouts": layouts, "scheme": scheme,
+                                "io": "float32", "input_shape": next(iter(shapes.values())),
+                                "output_names": list(exported.meta.get("output_names") or []),
+                                "float_check_max_abs_diff": check, "route": "onnx"}
         if scheme == "int8":
+            if quantize.accuracy_control and validation is not None and task is not None \
+                    and task.kind != "classification":
+                notes.append(f"quantize.accuracy_control: NNCF's accuracy control scores top-1 accuracy; the task "
+                             f"is {getattr(task, 'kind', 'unknown')}, so plain nncf.quantize was used")
+                validation = None
             model, ac = self._quantize(model, quantize, calib, validation)
-            meta.update(per_channel=bool(quantize.per_channel), calibration_samples=int(len(calib)),
+            meta.update(per_channel=bool(quantize.per_channel), calibration_samples=n_samples(calib),
                         nncf={"preset": quantize.preset, "fast_bias_correction": quantize.fast_bias_correction,
-                              "subset_size": min(quantize.subset_size, len(calib))})
+                              "subset_size": min(quantize.subset_size, n_samples(calib))})
             if ac is not None:
                 meta["accuracy_control"] = ac
             notes.extend(_accuracy_control_notes(ac, quantize))
@@ -147,27 +160,26 @@ class OpenVINOCpu(Target):
         meta["notes"] = notes
         return Artifact.from_file("openvino", dest, **meta)
 
-    def _quantize(self, model: Any, quantize: Any, calib: np.ndarray,
-                  validation: tuple[np.ndarray, np.ndarray] | None) -> tuple[Any, dict[str, Any] | None]:
+    def _quantize(self, model: Any, quantize: Any, calib: Arrays,
+                  validation: tuple[Arrays, Any] | None) -> tuple[Any, dict[str, Any] | None]:
         import nncf
         from nncf.quantization.advanced_parameters import QuantizationParameters
 
-        calibration = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+        calibration = nncf.Dataset([_feed(calib, i) for i in range(n_samples(calib))])
         kwargs = dict(preset=nncf.QuantizationPreset(quantize.preset), target_device=nncf.TargetDevice.CPU,
-                      subset_size=min(quantize.subset_size, len(calib)),
+                      subset_size=min(quantize.subset_size, n_samples(calib)),
                       fast_bias_correction=quantize.fast_bias_correction)
         if not quantize.per_channel:
             kwargs["advanced_parameters"] = nncf.AdvancedQuantizationParameters(
                 weights_quantization_params=QuantizationParameters(per_channel=False))
-        use_ac = quantize.accuracy_control and validation is not None and len(validation[0]) > 0
+        use_ac = quantize.accuracy_control and validation is not None and n_samples(validation[0]) > 0
         with quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 if not use_ac:
                     return nncf.quantize(model, calibration, **kwargs), None
                 vx, vy = validation
-                vx = np.ascontiguousarray(vx, dtype=np.float32)
-                items = [(vx[i:i + 1], int(vy[i])) for i in range(len(vx))]
+                items = [(_feed(vx, i), int(vy[i])) for i in range(n_samples(vx))]
                 evaluations: list[tuple[int, float]] = []
 
                 def validate(compiled: Any, data: Any) -> tuple[float, list[float]]:
@@ -204,7 +216,7 @@ class OpenVINOCpu(Target):
         import openvino as ov
 
         model = ov.Core().read_model(str(artifact.path))
-        layout = artifact.meta.get("layout", "NCHW")
+        layouts = artifact.meta.get("layouts") or {}
 
         def entry(port: Any, index: int, layout: str | None) -> dict[str, Any]:
             shape = port.get_partial_shape()
@@ -214,35 +226,44 @@ class OpenVINOCpu(Target):
                     "dtype": np.dtype(port.get_element_type().to_dtype()).name,
                     "layout": layout, "scale": None, "zero_point": 0}
 
-        return {"inputs": [entry(p, i, layout) for i, p in enumerate(model.inputs)],
-                "outputs": [entry(p, i, _LAYOUTS.get(len(p.get_partial_shape())) if i == 0 else None)
-                            for i, p in enumerate(model.outputs)]}
+        inputs = [entry(p, i, None) for i, p in enumerate(model.inputs)]
+        for e in inputs:
+            e["layout"] = layouts.get(e["name"], _LAYOUTS.get(len(e["shape"])))
+        return {"inputs": inputs,
+                "outputs": [entry(p, i, _LAYOUTS.get(len(p.get_partial_shape()))) for i, p in enumerate(model.outputs)]}
 
 
 # -- ONNX -> ov.Model ---------------------------------------------------------------
 
-def _static_shape(exported: Artifact, calib: np.ndarray) -> list[int]:
-    shape = exported.meta.get("input_shape")
-    if shape is None and len(calib):
-        shape = list(calib.shape)
-    if shape is None:
-        import onnx
-
-        graph = onnx.load(str(exported.path), load_external_data=False).graph
-        init = {i.name for i in graph.initializer}
-        dims = next(i for i in graph.input if i.name not in init).type.tensor_type.shape.dim
-        shape = [d.dim_value or 1 for d in dims]
-    return [1, *[int(s) for s in shape[1:]]]
+def _feed(inputs: Arrays, i: int) -> Any:
+    """Sample i as the compiled model takes it: an array for one input, a dict for several."""
+    one = {k: v[i:i + 1] for k, v in inputs.items()}
+    return next(iter(one.values())) if len(one) == 1 else one
 
 
-def _convert_onnx(path: Path, input_name: str, shape: list[int]) -> Any:
+def _static_shapes(exported: Artifact, calib: Arrays) -> dict[str, list[int]]:
+    """{input name: [1, ...]}: every input fixed to batch 1 (see the module doc)."""
+    entries = exported.meta.get("inputs")
+    if entries:
+        return {e["name"]: [1, *[int(s) for s in e["shape"][1:]]] for e in entries}
+    if exported.meta.get("input_shape"):         # an export made before inputs were named
+        return {exported.meta.get("input_name", INPUT_NAME): [1, *exported.meta["input_shape"][1:]]}
+    import onnx
+
+    graph = onnx.load(str(exported.path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    return {i.name: [1, *[d.dim_value or 1 for d in i.type.tensor_type.shape.dim][1:]]
+            for i in graph.input if i.name not in init}
+
+
+def _convert_onnx(path: Path, shapes: dict[str, list[int]]) -> Any:
     import openvino as ov
 
     failure = None
     with quiet() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return ov.convert_model(str(path), input=[(input_name, shape)])
+            return ov.convert_model(str(path), input=[(name, shape) for name, shape in shapes.items()])
         except Exception as e:
             failure = e
     text = f"{failure}\n{log.text}"      # log.text is filled when quiet() ends
@@ -255,45 +276,55 @@ def _convert_onnx(path: Path, input_name: str, shape: list[int]) -> Any:
     raise ConversionError(f"target 'openvino-cpu': openvino.convert_model failed: {_first_line(failure)}") from None
 
 
-def _check_against_onnxruntime(model: Any, onnx_path: Path, sample: np.ndarray) -> float:
-    """Run the float IR (f32 precision) and onnxruntime on one sample; they must agree."""
+def _run_compiled(compiled: Any, sample: Arrays) -> list[np.ndarray]:
+    result = compiled(_feed(sample, 0))
+    return [np.asarray(result[port]) for port in compiled.outputs]
+
+
+def _check_against_onnxruntime(model: Any, onnx_path: Path, sample: Arrays) -> float:
+    """Run the float IR (f32 precision) and onnxruntime on one sample; every output must agree."""
     import onnxruntime as ort
     import openvino as ov
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    expected = session.run(None, {i.name: sample[i.name] for i in session.get_inputs()})
     try:
         with quiet():
             compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                               "INFERENCE_NUM_THREADS": 1})
-            got = compiled(sample)[compiled.output(0)]
+            outputs = _run_compiled(compiled, sample)
     except Exception as e:
         raise ConversionError(f"target 'openvino-cpu': the converted float model does not run on the CPU "
                               f"plugin: {_first_line(e)}") from None
-    if got.shape != expected.shape:
-        raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion is wrong: output shape "
-                              f"{list(got.shape)}, the ONNX model gives {list(expected.shape)}")
-    diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
-    if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(expected), initial=0.0)):
-        raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion differs from the ONNX model "
-                              f"on a sample: max |diff| = {diff:.3g} (f32 precision)")
-    return diff
+    worst = 0.0
+    for i, (got, want) in enumerate(zip(outputs, expected)):
+        if got.shape != want.shape:
+            raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion is wrong: output {i} has shape "
+                                  f"{list(got.shape)}, the ONNX model gives {list(want.shape)}")
+        if not np.issubdtype(want.dtype, np.floating):
+            continue
+        diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+        if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(want), initial=0.0)):
+            raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion differs from the ONNX model "
+                                  f"on a sample in output {i}: max |diff| = {diff:.3g} (f32 precision)")
+        worst = max(worst, diff)
+    return worst
 
 
-def _compile_check(model: Any, sample: np.ndarray, target: str) -> None:
+def _compile_check(model: Any, sample: Arrays, target: str) -> None:
     """Compile for the CPU plugin and run once: a model that cannot run fails here, not on a device."""
     import openvino as ov
 
     try:
         with quiet():
             compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
-            out = compiled(sample)[compiled.output(0)]
+            outputs = _run_compiled(compiled, sample)
     except Exception as e:
         raise ConversionError(f"target {target!r}: the CPU plugin cannot compile the converted model: "
                               f"{_first_line(e)}") from None
-    if not np.all(np.isfinite(out)):
+    if not all(np.all(np.isfinite(o)) for o in outputs if np.issubdtype(o.dtype, np.floating)):
         raise ConversionError(f"target {target!r}: the converted model gives non-finite outputs on a sample")
 
 

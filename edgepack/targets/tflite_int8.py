@@ -39,14 +39,16 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
 from ..artifacts import Artifact, atomic_write_bytes
+from ..config import QuantizeConfig
 from ..errors import ConversionError
-from ._onnx import INPUT_NAME, OUTPUT_NAME, quiet
-from .base import Target
+from ..arrays import Arrays, n_samples
+from ._onnx import OUTPUT_NAME, quiet
+from .base import Target, to_layout
 
 _ONNX_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -55,6 +57,15 @@ _FLEX_HINTS = {
     "Erf": "exact GELU becomes Erf below ONNX opset 20: set export.opset = 20 (ONNX Gelu, TFLite GELU) "
            "or use GELU(approximate='tanh')",
 }
+
+
+class TfliteQuantizeConfig(QuantizeConfig):
+    """[quantize] for tflite-int8: the common keys plus the conversion route."""
+
+    # auto: try `routes` in order, keep the first whose file LiteRT loads and runs and whose
+    # metric meets the budget (else the first that converted); or name one route.
+    route: Literal["auto", "onnx2tf", "litert-torch"] = "auto"
+    routes: tuple[Literal["onnx2tf", "litert-torch"], ...] = ("onnx2tf", "litert-torch")
 
 
 class TfliteInt8(Target):
@@ -67,11 +78,21 @@ class TfliteInt8(Target):
     # onnx2tf declares no dependencies: onnx_graphsurgeon and sng4onnx are what it imports.
     requires = ("onnx2tf", "onnx_graphsurgeon", "sng4onnx", "tensorflow", "tf_keras", "ai_edge_litert", "onnx",
                 "onnxruntime")
-    quantizer: ClassVar[str] = "TFLiteConverter post-training quantization (representative dataset)"
+    quantizer: ClassVar[str] = ("TFLiteConverter post-training quantization (representative dataset); "
+                                "ai-edge-quantizer on the litert-torch route")
+    quantize_config = TfliteQuantizeConfig
+
+    def routes(self, quantize: Any) -> list[str]:
+        route = getattr(quantize, "route", "auto")
+        return list(getattr(quantize, "routes", ("onnx2tf",))) if route == "auto" else [route]
 
     # -- convert ----------------------------------------------------------------
-    def convert(self, exported: Artifact, quantize: Any, calibration: np.ndarray, out_dir: Path,
-                *, progress: Any = None, validation: Any = None) -> Artifact:
+    def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
+                *, progress: Any = None, validation: Any = None, task: Any = None, route: str | None = None,
+                module: Artifact | None = None) -> Artifact:
+        route = route or self.routes(quantize)[0]
+        if route == "litert-torch":
+            return self._convert_litert_torch(exported, quantize, calibration, Path(out_dir), progress, module)
         calib = self.convert_inputs(exported, quantize, calibration)
         scheme = quantize.scheme
         io = quantize.io if scheme == "int8" else "float32"
@@ -84,17 +105,24 @@ class TfliteInt8(Target):
         out_dir.mkdir(parents=True, exist_ok=True)
         advance = progress(f"{self.name}: convert ({scheme})", 2) if progress else (lambda n=1: None)
         work = Path(tempfile.mkdtemp(prefix=".onnx2tf-", dir=out_dir))
+        output_names = list(exported.meta.get("output_names") or [OUTPUT_NAME])
         try:
-            model, layout = _onnx_to_keras(exported.path, calib, work)
+            model, layouts = _onnx_to_keras(exported.path, calib, work)
             advance(1)
-            model_layout_calib = _to_layout(calib, layout)
-            data = _to_tflite(model, scheme, quantize.per_channel, io, model_layout_calib)
+            model_layout_calib = {k: to_layout(v, layouts[k]) for k, v in calib.items()}
+            data = _to_tflite(model, scheme, quantize.per_channel, io, model_layout_calib, output_names)
             dest = out_dir / "model.tflite"
             atomic_write_bytes(dest, data)
             advance(1)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        meta: dict[str, Any] = {"layout": layout, "scheme": scheme, "io": io}
+        meta: dict[str, Any] = {"layout": next(iter(layouts.values())), "layouts": layouts, "scheme": scheme,
+                                "io": io, "output_names": output_names, "route": "onnx2tf"}
+        output_layouts = _output_layouts(dest, exported.meta.get("output_shapes") or {})
+        if output_layouts:
+            meta["output_layouts"] = output_layouts
+            notes.append("channel-last outputs (as onnx2tf makes them): "
+                         + ", ".join(f"{n} {layout}" for n, layout in output_layouts.items()))
         version, float_ops = _inspect(data)
         if version:
             meta["tflite_min_runtime_version"] = version   # the converter's own estimate, from the op versions
@@ -110,9 +138,39 @@ class TfliteInt8(Target):
         if scheme != "none":
             meta["per_channel"] = bool(quantize.per_channel)
         if scheme == "int8":
-            meta["calibration_samples"] = int(len(calib))
+            meta["calibration_samples"] = n_samples(calib)
         if notes:
             meta["notes"] = notes
+        check_litert_runs(dest, model_layout_calib, "onnx2tf")
+        return Artifact.from_file("tflite", dest, **meta)
+
+    def _convert_litert_torch(self, exported: Artifact, quantize: Any, calibration: Any, out_dir: Path,
+                              progress: Any, module: Artifact | None) -> Artifact:
+        """The direct route: the torch module (not the ONNX file) through litert-torch, then
+        ai-edge-quantizer; see _litert_torch.py. Torch layout: no transpose of any input."""
+        from ..torchmodel import load_module
+        from ._litert_torch import convert_litert_torch
+
+        if module is None:
+            raise ConversionError("tflite-int8 route litert-torch converts the torch module, and none was given")
+        calib = self.convert_inputs(exported, quantize, calibration)
+        output_names = list(exported.meta.get("output_names") or [OUTPUT_NAME])
+        dest = out_dir / "model.tflite"
+        sample = {k: v[:1] for k, v in calib.items()}
+        meta = convert_litert_torch(load_module(module), sample, calib, quantize.scheme, quantize.per_channel,
+                                    quantize.io, output_names, dest, progress)
+        meta["layouts"] = {k: _ONNX_LAYOUTS.get(v.ndim, "NC") for k, v in calib.items()}
+        meta["layout"] = next(iter(meta["layouts"].values()))
+        meta["output_names"] = output_names
+        meta["io_tensors"] = {"inputs": meta.pop("inputs"), "outputs": meta.pop("outputs")}
+        version, _ = _inspect(dest.read_bytes())
+        if version:
+            meta["tflite_min_runtime_version"] = version
+            for alt in self.runtime_alternatives:
+                if _version_tuple(version) > _version_tuple(alt["min_version"]):
+                    meta["notes"].append(f"its op versions need a TFLite runtime >= {version}: "
+                                         f"{alt['name']} {alt['min_version']} cannot load it")
+        check_litert_runs(dest, calib, "litert-torch")
         return Artifact.from_file("tflite", dest, **meta)
 
     # -- inspect ----------------------------------------------------------------
@@ -121,34 +179,51 @@ class TfliteInt8(Target):
 
         interpreter = Interpreter(model_path=str(artifact.path))
         in_names, out_names = _signature_names(interpreter)
-        layout = artifact.meta.get("layout", "NHWC")
-        return {
-            "inputs": [_tensor_entry(d, in_names, layout) for d in interpreter.get_input_details()],
-            "outputs": [_tensor_entry(d, out_names, "NC" if len(d["shape"]) == 2 else None)
-                        for d in interpreter.get_output_details()],
-        }
+        layouts = artifact.meta.get("layouts") or {}
+        inputs = [_tensor_entry(d, in_names, None) for d in interpreter.get_input_details()]
+        for e in inputs:
+            e["layout"] = layouts.get(e["name"], _ONNX_LAYOUTS.get(len(e["shape"])))
+        out_layouts = artifact.meta.get("output_layouts") or {}
+        outputs = {e["name"]: e for e in (_tensor_entry(d, out_names, _ONNX_LAYOUTS.get(len(d["shape"])))
+                                          for d in interpreter.get_output_details())}
+        for name, layout in out_layouts.items():
+            if name in outputs:
+                outputs[name]["layout"] = layout
+        # In the model's output order (a TF signature sorts its outputs by name).
+        order = [n for n in artifact.meta.get("output_names", []) if n in outputs]
+        return {"inputs": inputs, "outputs": [outputs[n] for n in order] + [e for n, e in outputs.items()
+                                                                             if n not in order]}
 
 
 # -- ONNX -> Keras (onnx2tf) ------------------------------------------------------
 
-def _onnx_to_keras(onnx_path: Path, calib_nchw: np.ndarray, work: Path) -> tuple[Any, str]:
-    """Run onnx2tf in `work`; return (Keras model, input layout)."""
+def _onnx_to_keras(onnx_path: Path, calib: Arrays, work: Path) -> tuple[Any, dict[str, str]]:
+    """Run onnx2tf in `work`; return (Keras model, {input name: layout it takes})."""
     import onnx
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # before TensorFlow's first import
-    rank = _input_rank(onnx.load(str(onnx_path), load_external_data=False))
-    layout = "NHWC" if rank == 4 else _ONNX_LAYOUTS.get(rank, "N" + "?" * (rank - 1))
+    ranks = _input_ranks(onnx.load(str(onnx_path), load_external_data=False))
+    # 4-D float inputs (images) become NHWC, onnx2tf's native path; every other input keeps
+    # its ONNX shape (ids, masks, audio, features), which onnx2tf must be told.
+    layouts = {name: "NHWC" if rank == 4 and np.issubdtype(calib[name].dtype, np.floating)
+               else _ONNX_LAYOUTS.get(rank, "N" + "?" * (rank - 1)) for name, rank in ranks.items()}
     onnx_copy = work / "model.onnx"
     shutil.copyfile(onnx_path, onnx_copy)      # onnx2tf rewrites its input file in place
     kwargs: dict[str, Any] = {}
-    sample = None
-    if len(calib_nchw):
+    images = None
+    if n_samples(calib):
         # onnx2tf checks its layout rewrites by running ONNX and TF on this (first) sample.
-        sample = _to_layout(calib_nchw[:1], layout)
-        np.save(work / "sample.npy", sample)
-        kwargs["custom_input_op_name_np_data_path"] = [[INPUT_NAME, str(work / "sample.npy"), 0.0, 1.0]]
-    if rank != 4:
-        kwargs["keep_shape_absolutely_input_names"] = [INPUT_NAME]
+        entries = []
+        for name in ranks:
+            sample = to_layout(calib[name][:1], layouts[name])
+            np.save(work / f"sample-{len(entries)}.npy", sample)
+            entries.append([name, str(work / f"sample-{len(entries)}.npy"), 0.0, 1.0])
+            if images is None and sample.ndim == 4 and sample.shape[-1] == 3:
+                images = sample
+        kwargs["custom_input_op_name_np_data_path"] = entries
+    keep = [name for name, layout in layouts.items() if layout != "NHWC"]
+    if keep:
+        kwargs["keep_shape_absolutely_input_names"] = keep
 
     cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     with quiet() as log, warnings.catch_warnings():
@@ -163,7 +238,7 @@ def _onnx_to_keras(onnx_path: Path, calib_nchw: np.ndarray, work: Path) -> tuple
             # up in the .tflite: resetting the counters makes the file depend on the model only.
             tf_keras.backend.clear_session()
 
-            images = sample if sample is not None and sample.shape[-1] == 3 else np.zeros((1, 32, 32, 3), np.float32)
+            images = images if images is not None else np.zeros((1, 32, 32, 3), np.float32)
             # Its RGB self-test data comes from GitHub; offline that fails (onnx2tf#932). Ours will do.
             with mock.patch.object(onnx2tf_impl, "download_test_image_data", lambda: images):
                 model = onnx2tf.convert(
@@ -183,22 +258,12 @@ def _onnx_to_keras(onnx_path: Path, calib_nchw: np.ndarray, work: Path) -> tuple
                 os.environ.pop("CUDA_VISIBLE_DEVICES", None)
             else:
                 os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
-    return model, layout
+    return model, layouts
 
 
-def _input_rank(graph: Any) -> int:
+def _input_ranks(graph: Any) -> dict[str, int]:
     initializers = {i.name for i in graph.graph.initializer}
-    inputs = [i for i in graph.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise ConversionError(f"target 'tflite-int8' converts models with one input; this ONNX model has "
-                              f"{len(inputs)} ({', '.join(i.name for i in inputs)})")
-    return len(inputs[0].type.tensor_type.shape.dim)
-
-
-def _to_layout(x_nchw: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "NHWC":
-        return np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
-    return x_nchw
+    return {i.name: len(i.type.tensor_type.shape.dim) for i in graph.graph.input if i.name not in initializers}
 
 
 def _onnx2tf_failure(e: BaseException, log: str, onnx_copy: Path) -> str:
@@ -231,14 +296,21 @@ def _op_type(onnx_path: Path, node_name: str) -> str | None:
 
 # -- Keras -> TFLite ------------------------------------------------------------------
 
-def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: np.ndarray) -> bytes:
+def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: Arrays, output_names: list[str]) -> bytes:
     import tensorflow as tf
 
-    spec = [tf.TensorSpec(t.shape, t.dtype, name=INPUT_NAME) for t in model.inputs]
-    # A dict result names the signature's output "output", as in the ONNX model.
-    function = tf.function(lambda x: {OUTPUT_NAME: model(x)}, input_signature=spec)
-    # The converter needs a trackable object to write a signature ("serving_default": input ->
-    # output) into the file. Not the Keras model: its metadata alone takes 8 s to serialize for
+    names = list(calib)
+    spec = [tf.TensorSpec(t.shape, t.dtype, name=name) for t, name in zip(model.inputs, names)]
+
+    def call(*xs: Any) -> dict[str, Any]:
+        out = model(list(xs) if len(xs) > 1 else xs[0])
+        out = out if isinstance(out, (list, tuple)) else [out]
+        # A dict result names the signature's outputs as the ONNX model's.
+        return dict(zip(output_names, out))
+
+    function = tf.function(call, input_signature=spec)
+    # The converter needs a trackable object to write a signature ("serving_default": inputs ->
+    # outputs) into the file. Not the Keras model: its metadata alone takes 8 s to serialize for
     # a 1.4 M-param CNN, and onnx2tf's weights are graph constants anyway. A bare tf.Module will do.
     holder = tf.Module()
     holder.serving_default = function
@@ -249,11 +321,12 @@ def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: np.nd
         converter._experimental_disable_per_channel = not per_channel   # what onnx2tf's quant_type sets
     if scheme == "int8":
         def representative_dataset() -> Iterator[list[np.ndarray]]:
-            for i in range(len(calib)):
-                yield [calib[i:i + 1]]
+            for i in range(n_samples(calib)):
+                yield [calib[name][i:i + 1].astype(_tf_dtype(t)) for name, t in zip(names, model.inputs)]
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # int8/uint8 I/O applies to float inputs and outputs; ids and masks keep their type.
         converter.inference_input_type = getattr(tf, io)
         converter.inference_output_type = getattr(tf, io)
     with quiet() as log, warnings.catch_warnings():
@@ -262,6 +335,10 @@ def _to_tflite(model: Any, scheme: str, per_channel: bool, io: str, calib: np.nd
             return converter.convert()
         except Exception as e:
             raise ConversionError(_converter_failure(e, log.text, scheme)) from None
+
+
+def _tf_dtype(tensor: Any) -> str:
+    return tensor.dtype.as_numpy_dtype.__name__ if hasattr(tensor.dtype, "as_numpy_dtype") else str(tensor.dtype)
 
 
 def _converter_failure(e: BaseException, log: str, scheme: str) -> str:
@@ -310,6 +387,56 @@ def _inspect(data: bytes) -> tuple[str | None, list[str]]:
                     and graph.Tensors(inputs[0]).Type() == schema.TensorType.FLOAT32:
                 float_ops.add(name)
     return version, sorted(float_ops)
+
+
+def _output_layouts(path: Path, torch_shapes: dict[str, list[int]]) -> dict[str, str]:
+    """{output: "NHWC"/"NWC"} for outputs whose file shape is torch's with the channels moved
+    last (onnx2tf turns 4-D and 3-D maps channel-last), so they can be turned back."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    names = _signature_names(interpreter)[1]
+    out = {}
+    for d in interpreter.get_output_details():
+        name = names.get(d["index"], d["name"])
+        want = torch_shapes.get(name)
+        got = [int(s) for s in d["shape"]]
+        if want and got != list(want) and len(got) in (3, 4, 5) and got == [want[0], *want[2:], want[1]]:
+            out[name] = {3: "NWC", 4: "NHWC", 5: "NDHWC"}[len(got)]
+    return out
+
+
+def check_litert_runs(path: Path, inputs: Arrays, route: str) -> None:
+    """Load the file in LiteRT as a device would (its default XNNPACK delegate included),
+    allocate and run one sample: a file its own runtime cannot prepare is a failed route,
+    not a bundle (seen: onnx2tf's PReLU graph that XNNPACK refuses, "failed to create
+    XNNPACK runtime")."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    failure = None
+    with quiet() as log:
+        try:
+            interpreter = Interpreter(model_path=str(path), num_threads=1)
+            interpreter.allocate_tensors()
+            details = interpreter.get_input_details()
+            by_index = {d["index"]: d for d in details}
+            signature = next(iter(interpreter._get_full_signature_list().values()), {}).get("inputs", {})
+            if set(signature) == set(inputs):
+                details = [by_index[signature[name]] for name in inputs]
+            for d, x in zip(details, inputs.values()):
+                x = x[:1]
+                if np.issubdtype(d["dtype"], np.integer) and np.issubdtype(x.dtype, np.floating):
+                    scale, zp = d["quantization"]
+                    info = np.iinfo(d["dtype"])
+                    x = np.clip(np.round(x / (scale or 1.0) + zp), info.min, info.max)
+                interpreter.set_tensor(d["index"], x.astype(d["dtype"]).reshape(d["shape"]))
+            interpreter.invoke()
+        except Exception as e:
+            failure = e
+    if failure is not None:
+        said = [line.strip() for line in log.text.splitlines() if "ERROR" in line or "rror" in line][-1:]
+        raise ConversionError(f"tflite-int8 route {route}: LiteRT cannot run the converted file: "
+                              f"{_first_error_line(str(failure))}" + (f" ({said[0]})" if said else ""))
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -61,18 +61,19 @@ def test_runner_writes_the_schema(models, tmp_path):
     assert len(r["samples_ms"]) == 7
     assert set(r["latency_ms"]) == {"mean", "std", "p50", "p90", "p99", "min", "max"}
     assert r["latency_ms"] == pytest.approx(runner.summarize(r["samples_ms"]))
-    assert r["io"]["input"]["dtype"] == "int8" and r["io"]["input"]["scale"] > 0
-    outputs = np.load(out_npy)
+    assert r["io"]["inputs"][0]["dtype"] == "int8" and r["io"]["inputs"][0]["scale"] > 0
+    with np.load(out_npy) as z:
+        (outputs,) = [z[k] for k in z.files]
     assert outputs.shape == (6, 10) and outputs.dtype == np.float32
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--inputs", "{bad_npz}"], "has no array 'x'"),
+    (["--inputs", "{bad_npz}"], "the model takes 1 inputs"),
     (["--runtimes", "openvino"], "no runtime for .tflite imports here"),
 ])
 def test_runner_names_its_error(models, tmp_path, args, message):
     bad_npz = tmp_path / "bad.npz"
-    np.savez(bad_npz, y=np.zeros((1, 8, 8, 3), np.float32))
+    np.savez(bad_npz, a=np.zeros((1, 8, 8, 3), np.float32), b=np.zeros((1, 8, 8, 3), np.float32))
     base = {"--model": str(models.tflite_float), "--inputs": str(models.inputs())}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value.format(bad_npz=bad_npz)

@@ -37,7 +37,7 @@ def test_local_tflite_matches_the_interpreter(models, tmp_path, kind):
     model = getattr(models, kind)
     run = run_on_device("host", model, models.inputs(), warmup=3, runs=10, threads=1, workdir=tmp_path)
     x = np.load(models.inputs())["x"]
-    np.testing.assert_allclose(run.outputs, direct_tflite(model, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run.outputs[0], direct_tflite(model, x), rtol=1e-6, atol=1e-6)
     r = run.result
     assert (r["device"], r["transport"], r["emulated"]) == ("host", "local", False)
     assert r["runtime"]["name"] == "ai_edge_litert"       # host.toml prefers it
@@ -55,7 +55,7 @@ def test_local_openvino_matches_openvino(models, tmp_path):
     compiled = ov.Core().compile_model(str(models.openvino), "CPU", {"INFERENCE_NUM_THREADS": 1,
                                                                      "PERFORMANCE_HINT": "LATENCY"})
     expected = np.concatenate([compiled(x[i : i + 1])[0] for i in range(len(x))])
-    np.testing.assert_allclose(run.outputs, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run.outputs[0], expected, rtol=1e-6, atol=1e-6)
     assert run.result["runtime"]["name"] == "openvino"
 
 
@@ -68,5 +68,5 @@ def test_local_executorch_matches_executorch(models, tmp_path):
     run = run_on_device("host", models.pte, models.inputs("nchw"), warmup=1, runs=3, threads=1, workdir=tmp_path)
     method = Runtime.get().load_program(str(models.pte)).load_method("forward")
     expected = np.concatenate([method.execute([torch.from_numpy(x[i : i + 1])])[0].numpy() for i in range(len(x))])
-    np.testing.assert_allclose(run.outputs, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run.outputs[0], expected, rtol=1e-5, atol=1e-6)
     assert run.result["runtime"]["name"] == "executorch"

@@ -40,17 +40,17 @@ def test_root_is_recorded_and_setup_is_idempotent(qemu_root):
 def test_qemu_float_tflite_matches_host(qemu_root, models, tmp_path):
     arm, host = both(models, models.tflite_float, "nhwc", tmp_path)
     assert_emulated(arm.result, "tflite_runtime")
-    np.testing.assert_allclose(arm.outputs, host.outputs, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arm.outputs[0], host.outputs[0], rtol=1e-4, atol=1e-5)
 
 
 def test_qemu_int8_tflite_matches_host(qemu_root, models, tmp_path):
     arm, host = both(models, models.tflite_int8, "nhwc", tmp_path)
     assert_emulated(arm.result, "tflite_runtime")
     assert arm.result["io"]["output"]["dtype"] == "int8"
-    np.testing.assert_array_equal(arm.outputs.argmax(1), host.outputs.argmax(1))
+    np.testing.assert_array_equal(arm.outputs[0].argmax(1), host.outputs[0].argmax(1))
     # ARM and x86 int8 kernels may round one step apart: at most one output quantum.
     quantum = arm.result["io"]["output"]["scale"]
-    np.testing.assert_allclose(arm.outputs, host.outputs, rtol=0, atol=quantum * 1.01)
+    np.testing.assert_allclose(arm.outputs[0], host.outputs[0], rtol=0, atol=quantum * 1.01)
 
 
 def test_qemu_openvino_runs_on_arm(qemu_root, models, tmp_path):
@@ -60,8 +60,8 @@ def test_qemu_openvino_runs_on_arm(qemu_root, models, tmp_path):
     assert_emulated(arm.result, "openvino")
     # The ARM CPU plugin runs f16 by default (the result says so): close, not equal.
     assert arm.result["runtime"]["inference_precision"]
-    np.testing.assert_array_equal(arm.outputs.argmax(1), host.outputs.argmax(1))
-    np.testing.assert_allclose(arm.outputs, host.outputs, rtol=0, atol=0.05)
+    np.testing.assert_array_equal(arm.outputs[0].argmax(1), host.outputs[0].argmax(1))
+    np.testing.assert_allclose(arm.outputs[0], host.outputs[0], rtol=0, atol=0.05)
 
 
 def test_qemu_names_a_runtime_it_lacks(qemu_root, models, tmp_path):

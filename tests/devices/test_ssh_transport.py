@@ -69,12 +69,12 @@ def test_ssh_tflite_matches_local(board, models, tmp_path, kind):
     kw = dict(warmup=2, runs=5, threads=1, workdir=tmp_path / "work")
     over_ssh = run_on_device(board(), model, inputs, **kw)
     local = run_on_device("host", model, inputs, **kw)
-    np.testing.assert_allclose(over_ssh.outputs, local.outputs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(over_ssh.outputs[0], local.outputs[0], rtol=1e-6, atol=1e-6)
     r = over_ssh.result
     assert (r["device"], r["transport"], r["emulated"]) == ("board", "ssh", False)
     assert r["arch"] == os.uname().machine and r["cpu"] == cpu_info()   # read on the board by the runner
     assert r["runtime"]["name"] == "ai_edge_litert" and len(r["samples_ms"]) == 5
-    assert (tmp_path / "work" / "board" / "outputs.npy").is_file()
+    assert (tmp_path / "work" / "board" / "outputs.npz").is_file()
     assert remote_leftovers(tmp_path) == []                # the run's remote folder is gone
 
 
@@ -101,10 +101,10 @@ def test_hostile_file_names_are_never_interpreted(sshd, board, models, tmp_path)
     assert run.result["model"] == name                     # the board got the exact name
     reference = run_on_device("host", models.tflite_float, models.inputs(), warmup=0, runs=1, threads=1,
                               workdir=tmp_path / "work")
-    np.testing.assert_array_equal(run.outputs, reference.outputs)
+    np.testing.assert_array_equal(run.outputs[0], reference.outputs[0])
     assert not sentinel.exists()
     assert remote_leftovers(tmp_path) == []
-    assert sorted(p.name for p in (tmp_path / "work" / "board").iterdir()) == ["outputs.npy", "result.json"]
+    assert sorted(p.name for p in (tmp_path / "work" / "board").iterdir()) == ["outputs.npz", "result.json"]
     assert sorted(p.name for p in folder.iterdir()) == sorted([name, inputs.name])
 
 

@@ -175,7 +175,7 @@ def test_distill_trains_a_derived_student_on_small_data(tiny, files, tmp_path):
     assert len(m["history"]) == 3 and m["accuracy"] > m["accuracy_before_training"]
     assert m["accuracy"] >= 90
     student = load_module(result.artifact)
-    assert student(torch.from_numpy(ctx.data.evaluation.x[:3])).shape == (3, 4)
+    assert student(torch.from_numpy(ctx.data.evaluation.x["input"][:3])).shape == (3, 4)
     # seeded: the same inputs train the same weights
     again = DistillStage().run(teacher_art, cfg, make_ctx(tiny, files, tmp_path / "b"))
     assert again.metrics["history"] == m["history"]

@@ -101,9 +101,9 @@ def test_lowrank_stage_factorizes_and_fine_tunes(tiny, wide, tmp_path):
     assert m["params"] < m["params_before"] and m["finetune"]["epochs"] == 1
     model = load_module(result.artifact)
     assert isinstance(model.hidden, torch.nn.Sequential)
-    assert model(torch.from_numpy(data.evaluation.x[:3])).shape == (3, 4)
+    assert model(torch.from_numpy(data.evaluation.x["input"][:3])).shape == (3, 4)
     assert "factorized" in result.notes[0]
-    export_onnx(model, data.evaluation.x[:1], tmp_path / "low.onnx")
+    export_onnx(model, data.evaluation.x["input"][:1], tmp_path / "low.onnx")
 
 
 def test_lowrank_is_off_in_the_default_profile():

@@ -81,11 +81,11 @@ def test_structured_stage_in_steps_with_kd_finetuning(tiny, train_file, tmp_path
     assert m["steps"][0]["params"] > m["steps"][1]["params"] == m["params"] < m["params_before"]
     assert all("best_epoch" in s for s in m["steps"])                 # fine-tuned after each step
     assert {"params", "macs", "size_bytes", "accuracy", "compressed_size_bytes"} <= set(m)
-    assert model(torch.from_numpy(ctx.data.evaluation.x[:5])).shape == (5, 4)
+    assert model(torch.from_numpy(ctx.data.evaluation.x["input"][:5])).shape == (5, 4)
     assert m["accuracy"] >= 80
     from edgepack.targets._onnx import export_onnx
 
-    export_onnx(model, ctx.data.evaluation.x[:1], tmp_path / "m.onnx")
+    export_onnx(model, ctx.data.evaluation.x["input"][:1], tmp_path / "m.onnx")
 
 
 def test_mac_budget_is_met(tiny, train_file, tmp_path):
@@ -127,7 +127,7 @@ def test_unstructured_reaches_global_sparsity_within_1pct(tiny, train_file, tmp_
     assert m["compressed_size_bytes"] < m["size_bytes"]
     from edgepack.targets._onnx import export_onnx
 
-    export_onnx(model, ctx.data.evaluation.x[:1], tmp_path / "sparse.onnx")
+    export_onnx(model, ctx.data.evaluation.x["input"][:1], tmp_path / "sparse.onnx")
 
 
 # -- the cache --------------------------------------------------------------------------------

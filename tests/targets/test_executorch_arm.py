@@ -138,7 +138,7 @@ def test_runs_on_the_host_through_the_device_runner(target, converted, problem, 
 
     art = converted("int8")
     run = run_artifact(target, art, "host", problem["x"][:16], tmp_path, warmup=1, runs=2)
-    np.testing.assert_allclose(run.outputs, pte_outputs(art, problem["x"][:16]), atol=1e-5)
+    np.testing.assert_allclose(run.outputs[0], pte_outputs(art, problem["x"][:16]), atol=1e-5)
     assert run.result["runtime"]["name"] == "executorch"
 
 
@@ -185,15 +185,23 @@ def test_unsupported_operator_names_op_and_target(target, problem, tmp_path, mak
     assert not (tmp_path / "out" / "model.pte").exists()
 
 
-def test_export_failure_names_the_target(target, problem, tmp_path):
+def test_several_outputs_export_and_a_non_tensor_output_is_named(target, problem, tmp_path):
     from torch import nn
+
+    from edgepack.errors import UsageError
 
     class TwoOutputs(nn.Module):
         def forward(self, x):
-            return x, x
+            return x, x * 2
 
-    with pytest.raises(ConversionError, match="executorch-arm.*returns tuple"):
-        target.export(TwoOutputs(), problem["x"][:1], tmp_path)
+    class CountToo(nn.Module):
+        def forward(self, x):
+            return x, 3
+
+    exported = target.export(TwoOutputs(), problem["x"][:1], tmp_path)
+    assert exported.meta["output_names"] == ["output_0", "output_1"]
+    with pytest.raises(UsageError, match="forward returns Tensor, int"):
+        target.export(CountToo(), problem["x"][:1], tmp_path / "bad")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -165,7 +165,7 @@ def test_out_dir_holds_only_the_model_and_the_onnx_is_untouched(onnx_model, cnn,
 
 def test_to_model_layout_feeds_nhwc(convert, cnn):
     _, _, x_eval, _ = cnn
-    assert TfliteInt8().to_model_layout(x_eval[:2], convert()).shape == (2, 16, 16, 3)
+    assert TfliteInt8().to_model_layout(x_eval[:2], convert())["input"].shape == (2, 16, 16, 3)
 
 
 def test_progress_is_reported(onnx_model, cnn, tmp_path):
