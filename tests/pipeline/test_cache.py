@@ -1,0 +1,157 @@
+"""The stage cache: its keys hold everything that changes a stage's output (the teacher as
+it is, the toolchain's versions, the opset and reference that a stage reads besides its
+input), device measurements are taken afresh on every build, and a damaged entry is
+rebuilt with a line that says so."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgepack import pipeline
+from edgepack.artifacts import Artifact, sha256_file
+from edgepack.build import BuildRequest, prepare
+from edgepack.cli import main
+from edgepack.stages import base as stages_base
+from edgepack.stages.base import REGISTRY, StageResult, all_stages
+
+FAST = ["--set", "distill.enabled=false", "--set", "prune.enabled=false", "--set", "lowrank.enabled=false",
+        "--set", "validate.runs=5", "--set", "validate.warmup_runs=1", "--set", "quantize.calibration_samples=16"]
+CACHE = ".edgepack-cache"
+
+
+def build_args(model: str, out: Path, *extra: str, weights: Path | None = None, data: Path) -> list[str]:
+    return ["build", "-t", "tflite-int8", "--model", model, *(["--weights", str(weights)] if weights else []),
+            "--data", str(data), "--out", str(out), *FAST, *extra]
+
+
+def build(*args: str) -> str:
+    res = CliRunner().invoke(main, list(args))
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    return res.output
+
+
+def build_in_new_process(*args: str) -> str:
+    """A fresh interpreter: the model file and what it imports are read anew, as a user's next build does."""
+    res = subprocess.run([sys.executable, "-m", "edgepack.cli", *args], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def statuses(output: str) -> dict[str, str]:
+    out = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("done", "cached", "skipped"):
+            out[parts[1]] = parts[0]
+    return out
+
+
+def bundle(out: Path, name: str) -> Path:
+    return out / f"{name}-tflite-int8"
+
+
+@pytest.fixture(scope="module")
+def first_build(tiny, tmp_path_factory):
+    """One tiny build; tests rebuild from copies of its output folder."""
+    out = tmp_path_factory.mktemp("cache") / "out"
+    build(*build_args(f"{tiny['model']}:make_model", out, weights=tiny["weights"], data=tiny["data"]))
+    return out
+
+
+@pytest.fixture
+def out(first_build, tmp_path) -> Path:
+    copy = tmp_path / "out"
+    shutil.copytree(first_build, copy)
+    return copy
+
+
+def rebuild(tiny, out: Path, *extra: str) -> str:
+    return build(*build_args(f"{tiny['model']}:make_model", out, *extra, weights=tiny["weights"], data=tiny["data"]))
+
+
+# -- 1. the teacher is keyed on what it is ---------------------------------------------------
+def test_a_factory_that_loads_its_own_checkpoint_is_keyed_on_the_weights(tiny, tmp_path):
+    import torch
+
+    from conftest import TINY_MODEL
+
+    model_py = tmp_path / "own_ckpt.py"
+    model_py.write_text(TINY_MODEL + textwrap.dedent('''
+        from pathlib import Path
+
+        def make_loaded():
+            model = Tiny()
+            model.load_state_dict(torch.load(Path(__file__).with_name("side.pt"), weights_only=True))
+            return model
+    '''))
+    state = torch.load(tiny["weights"], weights_only=True)
+    torch.save(state, tmp_path / "side.pt")
+    out = tmp_path / "out"
+    args = build_args(f"{model_py}:make_loaded", out, data=tiny["data"])
+    build(*args)
+    first_model = sha256_file(bundle(out, "own_ckpt") / "model.tflite")
+
+    state["fc.weight"] = -state["fc.weight"]          # another checkpoint, the same factory file
+    torch.save(state, tmp_path / "side.pt")
+    st = statuses(build(*args))
+    assert st["reference"] == "done" and st["export"] == "done" and st["quantize"] == "done", st
+    assert sha256_file(bundle(out, "own_ckpt") / "model.tflite") != first_model
+
+
+def test_a_factory_whose_architecture_lives_in_a_sibling_module_is_keyed_on_it(tiny, tmp_path):
+    arch = tmp_path / "tiny_arch.py"
+    arch_src = textwrap.dedent('''
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(nn.Conv2d(1, WIDTH, 3, padding=1), nn.ReLU(),
+                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                self.fc = nn.Linear(WIDTH, 4)
+
+            def forward(self, x):
+                return self.fc(self.body(x))
+    ''')
+    arch.write_text("WIDTH = 8\n" + arch_src)
+    (tmp_path / "factory.py").write_text(textwrap.dedent('''
+        import sys
+        from pathlib import Path
+
+        import torch
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from tiny_arch import Net
+
+        def make():
+            torch.manual_seed(0)
+            return Net()
+    '''))
+    out = tmp_path / "out"
+    args = build_args(f"{tmp_path / 'factory.py'}:make", out, data=tiny["data"])
+    build_in_new_process(*args)
+    first_model = sha256_file(bundle(out, "factory") / "model.tflite")
+
+    arch.write_text("WIDTH = 12\n" + arch_src)     # the factory file itself is unchanged
+    st = statuses(build_in_new_process(*args))
+    assert st["reference"] == "done" and st["export"] == "done" and st["quantize"] == "done", st
+    assert sha256_file(bundle(out, "factory") / "model.tflite") != first_model
+    report = json.loads((bundle(out, "factory") / "report.json").read_text())
+    assert report["stages"][0]["params"] == 12 * 9 + 12 + 12 * 4 + 4
+
+
+def test_the_teacher_identity_is_stable_and_follows_the_model(tiny):
+    from edgepack.inputs.model import load_model
+
+    a = load_model(f"{tiny['model']}:make_model", tiny["weights"])
+    b = load_model(f"{tiny['model']}:make_model", tiny["weights"])
+    assert a.sha256 == b.sha256
+    other = load_model(f"{tiny['model']}:make_other")
+    assert other.sha256 != a.sha256
