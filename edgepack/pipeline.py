@@ -1,7 +1,8 @@
 """Runs the stage plan: cache lookups, atomic stage outputs, timing, progress.
 
 Each stage's output lives in `<cache>/<stage>/<key>/`, where key hashes (input
-artifact, stage config, edgepack version, what else the stage says it depends on).
+artifact, stage config, data, edgepack version, the versions of the toolchain the stage
+runs, what else the stage says it depends on).
 A stage is run in a temporary folder that is renamed into place only when it has
 finished, so an interrupted build never leaves a half-written stage behind.
 """
@@ -116,6 +117,15 @@ def teacher_artifact(ctx: BuildContext, cache_root: Path) -> Artifact:
     return save_module(ctx.teacher.module, path)
 
 
+def stage_key(stage: Stage, config: Any, ctx: BuildContext, artifact: Artifact) -> str:
+    """Everything that changes the stage's output: its input, its settings, the data, the
+    code that runs it (edgepack and the toolchain's versions) and what the stage adds."""
+    return sha256_json({"stage": stage.name, "edgepack": __version__, "input": artifact.sha256,
+                        "config": config.model_dump(mode="json"), "data": ctx.data.sha256,
+                        "toolchain": stage.toolchain(config, ctx),
+                        "extra": stage.cache_key_extra(config, ctx)})[:24]
+
+
 def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
                  on_stage: Callable[[StageRecord], None] | None = None) -> BuildResult:
     cache = StageCache(cache_root, enabled=use_cache)
@@ -128,9 +138,7 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             records.append(rec)
             on_stage and on_stage(rec)
             continue
-        key = sha256_json({"stage": stage.name, "edgepack": __version__, "input": artifact.sha256,
-                           "config": config.model_dump(mode="json"), "data": ctx.data.sha256,
-                           "extra": stage.cache_key_extra(config, ctx)})[:24]
+        key = stage_key(stage, config, ctx, artifact)
         hit = cache.load(stage.name, key)
         if hit is not None:
             result, seconds = hit

@@ -5,13 +5,16 @@ from __future__ import annotations
 from ..artifacts import Artifact
 from ..config import ExportConfig
 from ..torchmodel import count_params_macs, load_module
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 class ExportStage(Stage):
     name = "export"
     order = 40
     config_model = ExportConfig
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: ExportConfig, ctx: BuildContext) -> StageResult:
         module = load_module(artifact)

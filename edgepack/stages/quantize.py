@@ -6,13 +6,16 @@ from __future__ import annotations
 from ..artifacts import Artifact
 from ..config import QuantizeConfig
 from ..harness import run_artifact, score
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 class QuantizeStage(Stage):
     name = "quantize"
     order = 50
     config_model = QuantizeConfig
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: QuantizeConfig, ctx: BuildContext) -> StageResult:
         target = ctx.target

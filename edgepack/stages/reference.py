@@ -7,13 +7,16 @@ import numpy as np
 from ..artifacts import Artifact
 from ..config import ReferenceConfig
 from ..torchmodel import accuracy, count_params_macs, fp32_size_bytes, load_module, predict
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 class ReferenceStage(Stage):
     name = "reference"
     order = 5
     config_model = ReferenceConfig
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def enabled(self, config, ctx) -> bool:
         return True   # the teacher's accuracy is the gate's baseline; only the conversion is optional

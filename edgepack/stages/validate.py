@@ -12,7 +12,7 @@ from ..artifacts import Artifact
 from ..config import ValidateConfig
 from ..errors import DeviceError
 from ..harness import run_artifact, score
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 def _device_entry(run, name: str) -> dict:
@@ -47,6 +47,9 @@ class ValidateStage(Stage):
     name = "validate"
     order = 60
     config_model = ValidateConfig
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device

@@ -155,3 +155,41 @@ def test_the_teacher_identity_is_stable_and_follows_the_model(tiny):
     assert a.sha256 == b.sha256
     other = load_model(f"{tiny['model']}:make_other")
     assert other.sha256 != a.sha256
+
+
+# -- 2. toolchain versions -------------------------------------------------------------------
+def test_a_new_converter_version_reruns_the_stages_that_use_it(tiny, out, monkeypatch):
+    real = stages_base.package_version
+    monkeypatch.setattr(stages_base, "package_version",
+                        lambda m: "99.0" if m == "onnx2tf" else real(m))
+    st = statuses(rebuild(tiny, out))
+    assert {k: st[k] for k in ("reference", "export", "quantize", "validate")} == dict.fromkeys(
+        ("reference", "export", "quantize", "validate"), "done"), st
+
+
+def key_context(tiny, *overrides: str):
+    req = BuildRequest(target="tflite-int8", model=f"{tiny['model']}:make_model", weights=str(tiny["weights"]),
+                       data=str(tiny["data"]), overrides=tuple(o for o in FAST[1::2]) + overrides)
+    return prepare(req, log=lambda _: None).ctx
+
+
+def keys(ctx) -> dict[str, str]:
+    art = Artifact(kind="torch", path=Path("model.pt"), sha256="0" * 64)
+    return {cls.name: pipeline.stage_key(cls(), ctx.settings[cls.section], ctx, art) for cls in all_stages()}
+
+
+def test_a_new_torch_version_changes_every_stage_key(tiny, monkeypatch):
+    ctx = key_context(tiny)
+    before = keys(ctx)
+    real = stages_base.package_version
+    monkeypatch.setattr(stages_base, "package_version", lambda m: "3.0" if m == "torch" else real(m))
+    after = keys(ctx)
+    assert all(before[k] != after[k] for k in before), (before, after)
+
+
+def test_toolchain_versions_are_read_without_importing_the_toolchain():
+    code = ("import sys; from edgepack.stages.base import package_versions; "
+            "v = package_versions(('torch', 'onnx2tf', 'no_such_module_xyz')); "
+            "assert v['no_such_module_xyz'] == 'absent' and v['torch'] != 'absent', v; "
+            "assert 'torch' not in sys.modules and 'onnx2tf' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
