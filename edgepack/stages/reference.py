@@ -15,6 +15,10 @@ class ReferenceStage(Stage):
     order = 5
     config_model = ReferenceConfig
 
+    def cache_key_extra(self, config: ReferenceConfig, ctx: BuildContext) -> dict:
+        # it exports the teacher itself, with the export section's opset
+        return {"target": ctx.target.name, "opset": ctx.settings.export.opset}
+
     def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
         return target_toolchain(ctx)
 

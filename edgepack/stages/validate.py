@@ -48,14 +48,16 @@ class ValidateStage(Stage):
     order = 60
     config_model = ValidateConfig
 
-    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
-        return target_toolchain(ctx)
-
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device
 
+        ref = ctx.results.get("reference")     # the FP32 reference it times and the outputs it compares with
         return {"target": ctx.target.name,
-                "devices": [load_device(d).model_dump(mode="json") for d in config.devices]}
+                "devices": [load_device(d).model_dump(mode="json") for d in config.devices],
+                "reference": None if ref is None else {k: a.sha256 for k, a in sorted(ref.extras.items())}}
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: ValidateConfig, ctx: BuildContext) -> StageResult:
         ev = ctx.data.evaluation

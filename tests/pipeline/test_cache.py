@@ -193,3 +193,24 @@ def test_toolchain_versions_are_read_without_importing_the_toolchain():
             "assert v['no_such_module_xyz'] == 'absent' and v['torch'] != 'absent', v; "
             "assert 'torch' not in sys.modules and 'onnx2tf' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- 3. what reference and validate read besides their input ------------------------------------
+def test_the_reference_key_holds_the_export_opset(tiny):
+    a = keys(key_context(tiny, "export.opset=17"))
+    b = keys(key_context(tiny, "export.opset=18"))
+    assert a["reference"] != b["reference"]
+    assert a["quantize"] == b["quantize"]        # quantize reads its input only
+
+
+def test_the_validate_key_holds_the_reference_artifacts(tiny, tmp_path):
+    ctx = key_context(tiny)
+    teacher = Artifact(kind="torch", path=tmp_path / "t.pt", sha256="1" * 64)
+
+    def with_reference(sha: str) -> str:
+        ctx.results["reference"] = StageResult(teacher, {"accuracy": 90.0}, {
+            "teacher_outputs": Artifact(kind="npy", path=tmp_path / "o.npy", sha256="2" * 64),
+            "reference": Artifact(kind="tflite", path=tmp_path / "r.tflite", sha256=sha)})
+        return keys(ctx)["validate"]
+
+    assert with_reference("3" * 64) != with_reference("4" * 64)
