@@ -5,6 +5,8 @@ artifact, stage config, data, edgepack version, the versions of the toolchain th
 runs, what else the stage says it depends on).
 A stage is run in a temporary folder that is renamed into place only when it has
 finished, so an interrupted build never leaves a half-written stage behind.
+A stage that measures rather than derives (`Stage.cacheable = False`: validate's device
+timings) runs on every build; its entry only holds its latest outputs.
 """
 from __future__ import annotations
 
@@ -139,7 +141,7 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             on_stage and on_stage(rec)
             continue
         key = stage_key(stage, config, ctx, artifact)
-        hit = cache.load(stage.name, key)
+        hit = cache.load(stage.name, key) if stage.cacheable else None
         if hit is not None:
             result, seconds = hit
             rec = StageRecord(stage.name, "cached", seconds, result.metrics, result.notes, key)

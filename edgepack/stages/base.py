@@ -51,6 +51,8 @@ class Stage(ABC):
     order: ClassVar[int]
     config_model: ClassVar[type[BaseModel]]
     section: ClassVar[str] = ""        # profile section; defaults to the stage name
+    # False: never served from the cache (a measurement, not a derivation: a rebuild re-measures)
+    cacheable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

@@ -47,6 +47,7 @@ class ValidateStage(Stage):
     name = "validate"
     order = 60
     config_model = ValidateConfig
+    cacheable = False      # device timings are measurements: every build takes them afresh
 
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device

@@ -214,3 +214,15 @@ def test_the_validate_key_holds_the_reference_artifacts(tiny, tmp_path):
         return keys(ctx)["validate"]
 
     assert with_reference("3" * 64) != with_reference("4" * 64)
+
+
+# -- 4. device measurements are never cached -----------------------------------------------------
+def test_a_rebuild_serves_every_stage_but_validate_from_the_cache(tiny, out):
+    before = json.loads((bundle(out, "tiny_net") / "report.json").read_text())
+    st = statuses(rebuild(tiny, out))
+    assert st.pop("validate") == "done"
+    assert set(st.values()) == {"cached", "skipped"}, st
+    after = json.loads((bundle(out, "tiny_net") / "report.json").read_text())
+    host = [next(d for d in r["devices"] if d["name"] == "host") for r in (before, after)]
+    assert len(host[1]["samples_ms"]) == 5 and host[0]["samples_ms"] != host[1]["samples_ms"]
+    assert not REGISTRY["validate"].cacheable
