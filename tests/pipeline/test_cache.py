@@ -226,3 +226,40 @@ def test_a_rebuild_serves_every_stage_but_validate_from_the_cache(tiny, out):
     host = [next(d for d in r["devices"] if d["name"] == "host") for r in (before, after)]
     assert len(host[1]["samples_ms"]) == 5 and host[0]["samples_ms"] != host[1]["samples_ms"]
     assert not REGISTRY["validate"].cacheable
+
+
+# -- 5. damaged entries --------------------------------------------------------------------------
+def entry(out: Path, stage: str) -> Path:
+    (folder,) = [p for p in (out / CACHE / stage).iterdir() if not p.name.startswith(".")]
+    return folder
+
+
+def test_damaged_entries_are_discarded_and_rebuilt(tiny, out):
+    quantize = entry(out, "quantize")
+    model = quantize / json.loads((quantize / "result.json").read_text())["artifact"]["path"]
+    model.write_bytes(model.read_bytes()[:100])                       # a truncated artifact
+    export = entry(out, "export")
+    doc = json.loads((export / "result.json").read_text())
+    doc["metrics"]["params"] = 1                                      # still JSON, no longer what was written
+    (export / "result.json").write_text(json.dumps(doc))
+    reference = entry(out, "reference")
+    (reference / "result.json").unlink()                              # a half-removed entry
+
+    output = rebuild(tiny, out)
+    for stage, folder, why in [("quantize", quantize, f"{model.name} does not match its checksum"),
+                               ("export", export, "result.json does not match its checksum"),
+                               ("reference", reference, "no readable result.json")]:
+        assert f"cache entry {stage}/{folder.name} was damaged ({why}): rebuilt" in output.splitlines(), output
+    st = statuses(output)
+    assert st["reference"] == "done" and st["export"] == "done" and st["quantize"] == "done", st
+    report = json.loads((bundle(out, "tiny_net") / "report.json").read_text())
+    assert next(s for s in report["stages"] if s["name"] == "export")["params"] > 1
+    assert sha256_file(bundle(out, "tiny_net") / "model.tflite") == sha256_file(model)
+
+
+def test_a_damaged_teacher_copy_is_saved_again(tiny, out):
+    (saved,) = (out / CACHE / "input").glob("*/model.pt")
+    saved.write_bytes(saved.read_bytes()[:64])
+    output = rebuild(tiny, out)
+    assert f"cache entry input/{saved.parent.name} was damaged (model.pt does not match its checksum): rebuilt" in output
+    assert sha256_file(saved) == saved.with_name("model.pt.sha256").read_text().strip()
