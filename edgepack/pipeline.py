@@ -8,6 +8,10 @@ half-written stage behind. An entry that is damaged all the same (a file truncat
 edited afterwards) fails its checksums, is removed and rebuilt, and the build says so.
 A stage that measures rather than derives (`Stage.cacheable = False`: validate's device
 timings) runs on every build; its entry only holds its latest outputs.
+
+The cache holds pickled torch modules (`torchmodel.save_module`): whoever can write to
+it can run code in the next build. It lives under --out, which must not be shared with
+untrusted users.
 """
 from __future__ import annotations
 
