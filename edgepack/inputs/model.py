@@ -115,7 +115,11 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
 
     factory, _ = _import_factory(spec)
     try:
-        module = factory()
+        # Seeded (the caller's random state is left as it was): a factory that initialises at
+        # random is then one model, with one identity, build after build.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = factory()
     except Exception as e:
         raise UsageError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
     if not isinstance(module, torch.nn.Module):

@@ -155,6 +155,8 @@ def test_the_teacher_identity_is_stable_and_follows_the_model(tiny):
     assert a.sha256 == b.sha256
     other = load_model(f"{tiny['model']}:make_other")
     assert other.sha256 != a.sha256
+    # no --weights: a randomly initialised model, the same one on every load
+    assert load_model(f"{tiny['model']}:make_model").sha256 == load_model(f"{tiny['model']}:make_model").sha256
 
 
 # -- 2. toolchain versions -------------------------------------------------------------------
