@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import importlib.util
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -12,7 +12,7 @@ import importlib.metadata
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -97,7 +97,7 @@ def package_version(module: str) -> str:
     return _dist_version(module.split(".")[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dist_version(top: str) -> str:
     try:
         return importlib.metadata.version(top)     # the usual case: the distribution is named as the module
