@@ -1,12 +1,21 @@
 """Runs the stage plan: cache lookups, atomic stage outputs, timing, progress.
 
 Each stage's output lives in `<cache>/<stage>/<key>/`, where key hashes (input
-artifact, stage config, edgepack version, what else the stage says it depends on).
-A stage is run in a temporary folder that is renamed into place only when it has
-finished, so an interrupted build never leaves a half-written stage behind.
+artifact, stage config, data, edgepack version, the versions of the toolchain the stage
+runs, what else the stage says it depends on). A stage is run in a temporary folder that
+is renamed into place only when it has finished, so an interrupted build never leaves a
+half-written stage behind. An entry that is damaged all the same (a file truncated or
+edited afterwards) fails its checksums, is removed and rebuilt, and the build says so.
+A stage that measures rather than derives (`Stage.cacheable = False`: validate's device
+timings) runs on every build; its entry only holds its latest outputs.
+
+The cache holds pickled torch modules (`torchmodel.save_module`): whoever can write to
+it can run code in the next build. It lives under --out, which must not be shared with
+untrusted users.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,9 +26,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .artifacts import Artifact, atomic_write_json, sha256_file, sha256_json
+from .artifacts import Artifact, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from .stages.base import BuildContext, Stage, StageResult, all_stages
 from .torchmodel import save_module
+
+DIGEST = "result.json.sha256"     # beside result.json: a garbled or half-written result.json is caught
+
+
+class DamagedEntry(Exception):
+    """A cache entry whose files do not match their checksums; the message says which."""
 
 
 @dataclass
@@ -64,19 +79,44 @@ class StageCache:
         return self.root / stage / key
 
     def load(self, stage: str, key: str, force: bool = False) -> tuple[StageResult, float] | None:
+        """The entry's result, None when there is none (or the cache is off); DamagedEntry
+        when there is one whose files fail their checksums."""
         d = self.dir(stage, key)
-        if not (self.enabled or force) or not (d / "result.json").exists():
+        if not (self.enabled or force) or not d.exists():
             return None
         try:
-            doc = json.loads((d / "result.json").read_text())
+            raw = (d / "result.json").read_bytes()
+        except OSError:
+            raise DamagedEntry("no readable result.json") from None
+        try:
+            digest = (d / DIGEST).read_text().strip()
+        except OSError:
+            raise DamagedEntry(f"no {DIGEST}") from None
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise DamagedEntry("result.json does not match its checksum")
+        try:
+            doc = json.loads(raw)
             art = Artifact.from_json(doc["artifact"], d)
             extras = {k: Artifact.from_json(v, d) for k, v in doc["extras"].items()}
-            for a in [art, *extras.values()]:      # a damaged cache entry is a miss, not an error
-                if sha256_file(a.path) != a.sha256:
-                    return None
-        except (OSError, KeyError, ValueError):
-            return None
-        return StageResult(art, doc["metrics"], extras, doc.get("notes", [])), doc.get("seconds", 0.0)
+            checks = [(a.path, a.sha256) for a in [art, *extras.values()]]
+            for entry in [doc["artifact"], *doc["extras"].values()]:
+                base = (d / entry["path"]).parent
+                checks += [(base / name, sha) for name, sha in entry.get("side_sha256", {}).items()]
+            result = StageResult(art, doc["metrics"], extras, doc.get("notes", []))
+            seconds = doc.get("seconds", 0.0)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DamagedEntry(f"result.json unreadable: {type(e).__name__}") from None
+        for path, sha in checks:
+            try:
+                ok = sha256_file(path) == sha
+            except OSError:
+                raise DamagedEntry(f"{Path(path).name} is missing") from None
+            if not ok:
+                raise DamagedEntry(f"{Path(path).name} does not match its checksum")
+        return result, seconds
+
+    def discard(self, stage: str, key: str) -> None:
+        shutil.rmtree(self.dir(stage, key), ignore_errors=True)
 
     def store(self, stage: str, key: str, tmp: Path, result: StageResult, seconds: float) -> StageResult:
         """Write result.json into tmp, rename tmp to its final place, read it back from there."""
@@ -86,12 +126,14 @@ class StageCache:
             # files made by this stage move with tmp; others are referenced from final
             rel = (Path(a.path).resolve().relative_to(tmp.resolve()) if _inside(a.path, tmp)
                    else Path(os.path.relpath(Path(a.path).resolve(), final.resolve())))
-            return {**a.to_json(final), "path": str(rel)}
+            side = {name: sha256_file(Path(a.path).parent / name) for name in a.meta.get("side_files", [])}
+            return {**a.to_json(final), "path": str(rel), **({"side_sha256": side} if side else {})}
 
         atomic_write_json(tmp / "result.json", {
             "stage": stage, "key": key, "edgepack": __version__, "seconds": seconds,
             "artifact": entry(result.artifact), "extras": {k: entry(a) for k, a in result.extras.items()},
             "metrics": result.metrics, "notes": result.notes})
+        atomic_write_text(tmp / DIGEST, sha256_file(tmp / "result.json") + "\n")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -109,11 +151,30 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def teacher_artifact(ctx: BuildContext, cache_root: Path) -> Artifact:
-    """The user's model as the first artifact, saved once per content hash."""
+    """The user's model as the first artifact, saved once per identity (LoadedModel.sha256:
+    its weights and structure), checked against the checksum written beside it."""
     path = cache_root / "input" / ctx.teacher.sha256[:16] / "model.pt"
+    digest = path.with_name(path.name + ".sha256")
     if path.exists():
-        return Artifact.from_file("torch", path)
-    return save_module(ctx.teacher.module, path)
+        try:
+            ok = sha256_file(path) == digest.read_text().strip()
+        except OSError:
+            ok = False
+        if ok:
+            return Artifact.from_file("torch", path)
+        ctx.log(f"cache entry input/{path.parent.name} was damaged (model.pt does not match its checksum): rebuilt")
+    art = save_module(ctx.teacher.module, path)
+    atomic_write_text(digest, art.sha256 + "\n")
+    return art
+
+
+def stage_key(stage: Stage, config: Any, ctx: BuildContext, artifact: Artifact) -> str:
+    """Everything that changes the stage's output: its input, its settings, the data, the
+    code that runs it (edgepack and the toolchain's versions) and what the stage adds."""
+    return sha256_json({"stage": stage.name, "edgepack": __version__, "input": artifact.sha256,
+                        "config": config.model_dump(mode="json"), "data": ctx.data.sha256,
+                        "toolchain": stage.toolchain(config, ctx),
+                        "extra": stage.cache_key_extra(config, ctx)})[:24]
 
 
 def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
@@ -128,10 +189,14 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             records.append(rec)
             on_stage and on_stage(rec)
             continue
-        key = sha256_json({"stage": stage.name, "edgepack": __version__, "input": artifact.sha256,
-                           "config": config.model_dump(mode="json"), "data": ctx.data.sha256,
-                           "extra": stage.cache_key_extra(config, ctx)})[:24]
-        hit = cache.load(stage.name, key)
+        key = stage_key(stage, config, ctx, artifact)
+        hit, damage = None, None
+        if stage.cacheable:
+            try:
+                hit = cache.load(stage.name, key)
+            except DamagedEntry as e:
+                damage = str(e)
+                cache.discard(stage.name, key)
         if hit is not None:
             result, seconds = hit
             rec = StageRecord(stage.name, "cached", seconds, result.metrics, result.notes, key)
@@ -148,6 +213,8 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             seconds = round(time.perf_counter() - t0, 3)
             result = cache.store(stage.name, key, tmp, result, seconds)
             rec = StageRecord(stage.name, "done", seconds, result.metrics, result.notes, key)
+            if damage:
+                ctx.log(f"cache entry {stage.name}/{key} was damaged ({damage}): rebuilt")
         ctx.results[stage.name] = result
         artifact = result.artifact
         records.append(rec)

@@ -23,7 +23,8 @@ def save_module(module: Any, path: Path, **meta: Any) -> Artifact:
 def load_module(artifact: Artifact) -> Any:
     import torch
 
-    # Our own cache file, written by save_module: not user input, so full unpickling is fine.
+    # Our own cache file, written by save_module. Unpickling runs whatever the file names, so
+    # the cache folder (under --out) is a trust boundary: the README says not to share it.
     module = torch.load(artifact.path, map_location="cpu", weights_only=False)
     module.eval()
     return module

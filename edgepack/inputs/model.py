@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,36 @@ class LoadedModel:
     module: "object"          # torch.nn.Module, in eval mode
     name: str                 # used for the bundle name
     spec: str                 # what the user gave, for the report
-    sha256: str               # content hash: factory source + weights (keys the cache)
+    sha256: str               # identity: weights + structure, module_identity() (keys the cache)
+
+
+def module_identity(module) -> str:
+    """What the model is, not how it was asked for: every state_dict tensor (name, shape,
+    dtype, bytes), the printed module tree, and each module class's qualified name and, for
+    classes outside torch, the source file that defines them (forward() lives there). A
+    factory that loads its own checkpoint, or imports its architecture from a module that
+    changes, changes this. (A model file's classes are named after its path, see
+    _import_factory, and the cached pickles need that name: moving the file changes it.)"""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        try:
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):          # quantized or sparse tensors: their serialised form
+            buf = io.BytesIO()
+            torch.save(t.detach().cpu(), buf)
+            h.update(buf.getvalue())
+    h.update(repr(module).encode())
+    classes = sorted({(type(m).__module__, type(m).__qualname__) for m in module.modules()})
+    for mod_name, qualname in classes:
+        h.update(f"|{mod_name}.{qualname}".encode())
+        if mod_name.split(".")[0] != "torch":
+            source = getattr(sys.modules.get(mod_name), "__file__", None)
+            if source and source.endswith(".py") and Path(source).is_file():
+                h.update(hashlib.sha256(Path(source).read_bytes()).digest())
+    return h.hexdigest()
 
 
 def import_callable(spec: str, what: str = "factory"):
@@ -70,7 +100,6 @@ def _import_factory(spec: str, what: str = "factory"):
 def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedModel:
     import torch
 
-    h = hashlib.sha256()
     if spec is None:
         from .default_model import WEIGHTS_PATH
 
@@ -87,15 +116,17 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
             module = torch.export.load(str(path)).module()
         except Exception as e:
             raise UsageError(f"{spec}: not a loadable torch.export program ({type(e).__name__}: {e})") from None
-        h.update(path.read_bytes())
         if weights is not None:
             raise UsageError(f"--weights {weights}: a .pt2 program carries its own weights")
-        return LoadedModel(module, name, spec, h.hexdigest())
+        return LoadedModel(module, name, spec, hashlib.sha256(path.read_bytes()).hexdigest())
 
-    factory, source = _import_factory(spec)
-    h.update(source + spec.encode())
+    factory, _ = _import_factory(spec)
     try:
-        module = factory()
+        # Seeded (the caller's random state is left as it was): a factory that initialises at
+        # random is then one model, with one identity, build after build.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module = factory()
     except Exception as e:
         raise UsageError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
     if not isinstance(module, torch.nn.Module):
@@ -117,9 +148,8 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
         except RuntimeError as e:
             detail = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
             raise UsageError(f"{wpath}: weights do not match the model from {spec}: {detail[:300]}") from None
-        h.update(wpath.read_bytes())
     module.eval()
-    return LoadedModel(module, name, spec, h.hexdigest())
+    return LoadedModel(module, name, spec, module_identity(module))
 
 
 def order_inputs(model: LoadedModel, inputs: Arrays, source: str) -> list[str]:

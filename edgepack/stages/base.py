@@ -8,9 +8,11 @@ section and its tests, nothing else.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -58,6 +60,8 @@ class Stage(ABC):
     order: ClassVar[int]
     config_model: ClassVar[type[BaseModel]]
     section: ClassVar[str] = ""        # profile section; defaults to the stage name
+    # False: never served from the cache (a measurement, not a derivation: a rebuild re-measures)
+    cacheable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -76,9 +80,46 @@ class Stage(ABC):
         """What besides the input artifact and the stage's own config changes its output."""
         return {"target": ctx.target.name}
 
+    def toolchain(self, config: BaseModel, ctx: BuildContext) -> dict[str, str]:
+        """The versions of the packages whose code makes this stage's output (part of its key):
+        the torch side by default (torch-pruning counts MACs and prunes)."""
+        return package_versions(("torch", "torch_pruning"))
+
     @abstractmethod
     def run(self, artifact: Artifact, config: BaseModel, ctx: BuildContext) -> StageResult:
         """Take the previous artifact, write new files under ctx.workdir, return the result."""
+
+
+def target_toolchain(ctx: BuildContext) -> dict[str, str]:
+    """The torch side plus what the target declares it needs (`Target.requires`), for the
+    stages whose output the target's converter or runtime makes."""
+    return package_versions(("torch", "torch_pruning", *ctx.target.requires))
+
+
+def package_versions(modules: tuple[str, ...] | list[str]) -> dict[str, str]:
+    return {m: package_version(m) for m in modules}
+
+
+def package_version(module: str) -> str:
+    """The installed version of the distribution that provides an importable module, read
+    from its metadata (nothing is imported); "absent" when none provides it."""
+    return _dist_version(module.split(".")[0])
+
+
+@cache
+def _dist_version(top: str) -> str:
+    try:
+        return importlib.metadata.version(top)     # the usual case: the distribution is named as the module
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    dists = importlib.metadata.packages_distributions().get(top, [])
+    versions = []
+    for d in sorted(set(dists)):
+        try:
+            versions.append(f"{d}=={importlib.metadata.version(d)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ",".join(versions) or "absent"
 
 
 def all_stages() -> list[type[Stage]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..artifacts import Artifact
 from ..config import ExportConfig
 from ..torchmodel import count_params_macs, load_module
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 class ExportStage(Stage):
@@ -15,6 +15,9 @@ class ExportStage(Stage):
 
     def cache_key_extra(self, config: ExportConfig, ctx: BuildContext) -> dict:
         return {"target": ctx.target.name, "outputs": ctx.output_names, "inputs": ctx.data.input_names}
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: ExportConfig, ctx: BuildContext) -> StageResult:
         module = load_module(artifact)

@@ -20,7 +20,7 @@ from ..errors import ConversionError
 from ..harness import run_artifact
 from ..inputs.data import Split, draw
 from ..training import reference_outputs
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 # At most this many samples for a quantizer's own accuracy checks (NNCF's default subset).
 MAX_CONTROL_SAMPLES = 300
@@ -30,6 +30,9 @@ class QuantizeStage(Stage):
     name = "quantize"
     order = 50
     config_model = QuantizeConfig
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: QuantizeConfig, ctx: BuildContext) -> StageResult:
         target = ctx.target

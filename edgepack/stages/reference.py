@@ -7,7 +7,7 @@ from ..artifacts import Artifact
 from ..config import ReferenceConfig
 from ..errors import ConversionError
 from ..torchmodel import count_params_macs, fp32_size_bytes, load_module
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 class ReferenceStage(Stage):
@@ -15,11 +15,14 @@ class ReferenceStage(Stage):
     order = 5
     config_model = ReferenceConfig
 
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
+
     def enabled(self, config, ctx) -> bool:
         return True   # the teacher's metric is the gate's baseline; only the conversion is optional
 
     def cache_key_extra(self, config: ReferenceConfig, ctx: BuildContext) -> dict:
-        # It exports the teacher itself, and scores it by the task's metric.
+        # It exports the teacher itself (the export section: opset, batch), and scores it by the task's metric.
         return {"target": ctx.target.name, "export": ctx.settings.export.model_dump(mode="json"),
                 "task": ctx.task.kind, "metric": ctx.task.metric, "outputs": ctx.output_names}
 

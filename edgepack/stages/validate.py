@@ -17,7 +17,7 @@ from ..errors import DeviceError
 from ..harness import run_artifact
 from ..inputs.data import take_targets
 from ..training import reference_outputs
-from .base import BuildContext, Stage, StageResult
+from .base import BuildContext, Stage, StageResult, target_toolchain
 
 
 def _device_entry(run, name: str) -> dict:
@@ -51,12 +51,18 @@ class ValidateStage(Stage):
     name = "validate"
     order = 60
     config_model = ValidateConfig
+    cacheable = False      # device timings are measurements: every build takes them afresh
 
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device
 
+        ref = ctx.results.get("reference")     # the FP32 reference it times and the outputs it compares with
         return {"target": ctx.target.name,
-                "devices": [load_device(d).model_dump(mode="json") for d in config.devices]}
+                "devices": [load_device(d).model_dump(mode="json") for d in config.devices],
+                "reference": None if ref is None else {k: a.sha256 for k, a in sorted(ref.extras.items())}}
+
+    def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
+        return target_toolchain(ctx)
 
     def run(self, artifact: Artifact, config: ValidateConfig, ctx: BuildContext) -> StageResult:
         ev = ctx.data.evaluation

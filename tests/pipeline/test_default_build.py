@@ -51,12 +51,13 @@ def test_inspect_passes_on_the_default_bundle(default_build):
     assert f"all {len(manifest['files'])} files match their sha256" in res.stdout
 
 
-def test_a_second_build_is_all_cached(default_build):
+def test_a_second_build_is_all_cached_but_the_device_measurements(default_build):
     cwd, _ = default_build
     res = edgepack(cwd, "build", "--target", "tflite-int8")
     assert res.returncode == 0, res.stdout + res.stderr
     lines = [ln.split() for ln in res.stdout.splitlines()]
     status = {p[1]: p[0] for p in lines if len(p) >= 2 and p[0] in ("done", "cached", "skipped")}
     assert status["lowrank"] == "skipped"
-    assert {k: v for k, v in status.items() if k != "lowrank"} == dict.fromkeys(
-        ["reference", "distill", "prune", "export", "quantize", "validate"], "cached")
+    assert status["validate"] == "done"         # device timings are taken afresh
+    assert {k: v for k, v in status.items() if k not in ("lowrank", "validate")} == dict.fromkeys(
+        ["reference", "distill", "prune", "export", "quantize"], "cached")
