@@ -4,6 +4,8 @@ Each stage's output lives in `<cache>/<stage>/<key>/`, where key hashes (input
 artifact, stage config, edgepack version, what else the stage says it depends on).
 A stage is run in a temporary folder that is renamed into place only when it has
 finished, so an interrupted build never leaves a half-written stage behind.
+An unexpected exception in a stage becomes InternalError (exit 3) naming the stage
+and the target; the errors a stage raises on purpose (EdgepackError) pass as they are.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .artifacts import Artifact, atomic_write_json, sha256_file, sha256_json
+from .errors import stage_errors
 from .stages.base import BuildContext, Stage, StageResult, all_stages
 from .torchmodel import save_module
 
@@ -141,7 +144,8 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             ctx.workdir = tmp
             t0 = time.perf_counter()
             try:
-                result = stage.run(artifact, config, ctx)
+                with stage_errors(stage.name, ctx.target.name):
+                    result = stage.run(artifact, config, ctx)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
