@@ -166,7 +166,7 @@ def load_data(spec: str | Path | None, cfg: DataConfig, *, calibration_samples: 
         cal, ev = Split(cx, cy), Split(ex, ey)
         split = {"method": "given", "source": str(path)}
         if (path / "labels.txt").exists():
-            labels = (path / "labels.txt").read_text().split()
+            labels = [ln.strip() for ln in (path / "labels.txt").read_text().splitlines() if ln.strip()]
         if (path / "preprocessing.json").exists():
             preprocessing = json.loads((path / "preprocessing.json").read_text())
     elif path.is_dir():
