@@ -53,7 +53,6 @@ class ValidateConfig(Section):
     warmup_runs: int = Field(20, ge=0)
     runs: int = Field(200, ge=1)
     threads: int = Field(1, ge=1)
-    reference: bool = True        # also convert + time the FP32 teacher for the ratios
     reference_inputs: int = Field(16, ge=1)   # how many eval samples the bundle ships in reference.npz
 
 
