@@ -57,6 +57,7 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "accuracy": val["accuracy"],
         "devices": val["devices"],
         "failed_devices": val["failed_devices"],
+        "latency": val.get("latency"),
         "data": {"source": data.source, "split": data.split, "sha256": data.sha256,
                  "calibration_sha256": data.calibration_sha256,
                  "calibration_samples": len(data.calibration), "evaluation_samples": len(data.evaluation)},

@@ -60,6 +60,12 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"\n{name}: {model} ({isa or 'no ISA flags recorded'})")
     if any(d.get("emulated") for d in r["devices"]):
         lines.append("\nEmulated timings compare only with other emulated timings, never with hardware.")
+    if r.get("latency"):
+        lines += ["", "## Latency budget", "", "| device | p50 ms | budget ms | over by ms | |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for row in r["latency"]["devices"]:
+            lines.append(f"| {row['device']} | {row['p50_ms']:.3f} | {row['max_p50_ms']:g} | {row['over_ms']:.3f} | "
+                         f"{'passed' if row['passed'] else '**over budget**'} |")
     lines += ["", "## Artifact", "", f"- file: `{r['artifact']['path']}` ({_kb(r['artifact']['size_bytes'])}, "
               f"scheme {r['artifact']['scheme']}, layout {r['artifact']['layout']})",
               f"- sha256: `{r['artifact']['sha256']}`",

@@ -1,5 +1,6 @@
 """validate: accuracy of the converted artifact against the FP32 teacher, and latency
-of artifact and reference on every device the profile names, through the harness.
+of artifact and reference on every device the profile names, through the harness;
+the bundle's p50 against validate.max_p50_ms where a latency budget is set.
 
 A device that fails is recorded with its reason; the build still writes its bundle
 and report, and the gate fails (exit 1).
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..config import ValidateConfig
-from ..errors import DeviceError
+from ..errors import DeviceError, UsageError
 from ..harness import run_artifact, score
 from .base import BuildContext, Stage, StageResult
 
@@ -43,10 +44,42 @@ def gate_devices(ok: list[dict], gate_dev: dict | None, teacher_acc: float, budg
     return notes
 
 
+def latency_gate(ok: list[dict], budget: float | dict[str, float] | None) -> tuple[dict | None, list[str]]:
+    """validate.max_p50_ms: the bundle's p50 on each device against its budget (one for all,
+    or one per device name). Marks an entry over budget with gate_failed; returns the
+    report's latency section (None without a budget) and the notes."""
+    if budget is None:
+        return None, []
+    rows, notes = [], []
+    for d in ok:
+        limit = budget.get(d["name"]) if isinstance(budget, dict) else budget
+        if limit is None:
+            continue
+        p50 = d["latency_ms"]["p50"]
+        over = round(p50 - limit, 6)
+        rows.append({"device": d["name"], "p50_ms": p50, "max_p50_ms": limit, "over_ms": max(over, 0.0),
+                     "passed": p50 <= limit})
+        if p50 > limit:
+            msg = f"p50 {p50:.3f} ms exceeds validate.max_p50_ms = {limit:g} ms by {over:.3f} ms"
+            d["gate_failed"] = f"{d['gate_failed']}; {msg}" if d.get("gate_failed") else msg
+            notes.append(f"device {d['name']}: {msg}")
+    return {"max_p50_ms": budget, "devices": rows, "passed": all(r["passed"] for r in rows)}, notes
+
+
 class ValidateStage(Stage):
     name = "validate"
     order = 60
     config_model = ValidateConfig
+
+    def check(self, config: ValidateConfig, ctx: BuildContext) -> None:
+        if isinstance(config.max_p50_ms, dict):
+            from ..devices import load_device
+
+            names = [load_device(d).name for d in config.devices]
+            unknown = sorted(set(config.max_p50_ms) - set(names))
+            if unknown:
+                raise UsageError(f"validate.max_p50_ms names {', '.join(unknown)}, not among validate.devices "
+                                 f"({', '.join(names)})")
 
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device
@@ -103,9 +136,12 @@ class ValidateStage(Stage):
         if not acc["passed"] and drop is not None:
             notes.append(f"accuracy drop {drop:.2f} pp exceeds validate.max_accuracy_drop_pp = {config.max_accuracy_drop_pp}")
         notes += gate_devices(ok, gate_dev, teacher_acc, config.max_accuracy_drop_pp)
+        latency, latency_notes = latency_gate(ok, config.max_p50_ms)
+        notes += latency_notes
         failed_devices = [d["name"] for d in devices if "error" in d or "gate_failed" in d]
         metrics = {"accuracy": acc, "devices": devices, "reference_devices": ref_devices,
-                   "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices}
+                   "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices,
+                   "latency": latency}
 
         extras = {}
         if host_outputs is not None:
