@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifacts import atomic_write_json, atomic_write_text, sha256_file
+from .artifacts import atomic_write_json, atomic_write_text, sha256_file, strip_paths
 from .errors import UsageError
 
 SCHEMA = "edgepack.bundle/1"
@@ -51,9 +51,12 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
         "labels": labels,
         "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,
                     **({"alternatives": target.runtime_alternatives} if getattr(target, "runtime_alternatives", None) else {})},
-        "provenance": {"edgepack_version": __version__, "profile": str(settings.profile_path.name),
-                       "recipe_hash": settings.recipe_hash, "calibration_data_sha256": data.calibration_sha256,
-                       "model_sha256": teacher.sha256, "created_at": created_at},
+        # Inputs by name and content hash, never by where they lay on the build machine.
+        "provenance": strip_paths({
+            "edgepack_version": __version__, "profile": str(settings.profile_path.name),
+            "recipe_hash": settings.recipe_hash, "calibration_data_sha256": data.calibration_sha256,
+            "model": teacher.spec, "model_sha256": teacher.sha256, "data": data.source, "data_sha256": data.sha256,
+            "created_at": created_at}),
     }
 
 

@@ -5,6 +5,7 @@ import datetime as dt
 from typing import Any
 
 from .. import __version__
+from ..artifacts import strip_paths
 
 SCHEMA = "edgepack.report/1"
 
@@ -43,7 +44,7 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
             if name in ref_ok:
                 ratios["latency_p50"][name] = round(ref_ok[name]["latency_ms"]["p50"] / d["latency_ms"]["p50"], 3)
     notes = [n for rec in result.records for n in rec.notes]
-    return {
+    return strip_paths({      # inputs by name and sha256: a bundle carries no build-machine paths
         "schema": SCHEMA,
         "target": target.name,
         "model": {"name": teacher.name, "spec": teacher.spec, "sha256": teacher.sha256},
@@ -66,4 +67,4 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "edgepack_version": __version__,
         "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": notes,
-    }
+    })
