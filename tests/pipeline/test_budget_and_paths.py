@@ -53,3 +53,30 @@ def test_the_bundle_holds_no_build_machine_path(over_budget, tiny, tmp_path_fact
     prov = json.loads((out / NAME / "manifest.json").read_text())["provenance"]
     assert prov["data"] == "data.npz" and prov["data_sha256"] == r["data"]["sha256"]
     assert prov["model"] == "tiny_net.py:make_model" and prov["model_sha256"] == r["model"]["sha256"]
+
+
+def test_a_converter_failure_leaves_only_complete_stages_and_the_other_bundles(tiny, tmp_path):
+    """Exit 2 naming the op; the bundles already in --out (this target's and a sibling's)
+    are byte for byte as they were, and the cache holds only complete stage folders."""
+    out = tmp_path / "out"
+    for name in (NAME, "tiny_net-openvino-cpu"):
+        (out / name).mkdir(parents=True)
+        (out / name / "manifest.json").write_text(f'{{"name": "{name}"}}\n')
+        (out / f"{name}.zip").write_bytes(f"an earlier bundle of {name}".encode())
+    before = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    top = sorted(p.name for p in out.iterdir())
+    args = tiny_args(tiny, out)
+    args[args.index("--model") + 1] = f"{tiny['model']}:make_gelu"
+    res = edgepack(*args, check=False)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Erf" in res.stderr and "Traceback" not in res.stderr
+    after = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
+             if p.is_file() and ".edgepack-cache" not in p.parts}
+    assert after == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([".edgepack-cache", *top])      # no staging, no log
+    cache = out / ".edgepack-cache"
+    for stage in cache.iterdir():
+        for entry in stage.iterdir():
+            assert not entry.name.startswith(".tmp-"), f"half-written stage folder {entry}"
+            if stage.name != "input":
+                assert (entry / "result.json").is_file(), entry
