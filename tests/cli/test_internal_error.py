@@ -41,8 +41,8 @@ def test_a_crash_in_a_stage_is_exit_3_with_one_line_and_a_log(tiny, tmp_path, qu
     assert result.exit_code == 3, result.output
     lines = result.stderr.splitlines()
     log = out / "edgepack-error-tflite-int8.log"
-    assert lines == ["edgepack: error: internal error in stage quantize for target tflite-int8: "
-                     f"RuntimeError: calibration went sideways (traceback in {log})"], result.stderr
+    assert lines == [("edgepack: error: internal error in stage quantize for target tflite-int8: "
+                      f"RuntimeError: calibration went sideways (traceback in {log})")], result.stderr
     text = log.read_text()
     assert text.startswith("Traceback (most recent call last):")
     assert "RuntimeError: calibration went sideways\nsecond line of the message" in text
