@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,28 @@ class Artifact:
     @classmethod
     def from_json(cls, d: dict[str, Any], root: Path) -> "Artifact":
         return cls(kind=d["kind"], path=(root / d["path"]).resolve(), sha256=d["sha256"], meta=d.get("meta", {}))
+
+
+# An absolute path: "/" not inside a word or URL, one or more folders, then the last part.
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`:,;()\[\]]+/)+[^\s/'\"`:,;()\[\]]*")
+
+
+def _last_part(m: re.Match) -> str:
+    path = m.group(0)
+    return path.rstrip("/").rsplit("/", 1)[-1] + ("/" if path.endswith("/") else "")
+
+
+def strip_paths(obj: Any) -> Any:
+    """obj (JSON-like) with every absolute path cut to its last part: a bundle travels to
+    other machines and says what its inputs were by name and content hash, never by where
+    they lay on the build machine."""
+    if isinstance(obj, str):
+        return _ABS_PATH.sub(_last_part, obj)
+    if isinstance(obj, dict):
+        return {k: strip_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strip_paths(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .artifacts import atomic_write_json
 from .bundle import bundle_name, make_manifest, model_filename, write_bundle
 from .config import Settings, load_settings
-from .errors import UsageError
+from .errors import UsageError, stage_errors
 from .inputs.data import Dataset, load_data
 from .inputs.model import LoadedModel, check_forward, load_model, order_inputs
 from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
@@ -103,10 +103,17 @@ def describe_plan(p: Prepared) -> list[tuple[str, bool]]:
 
 def run_build(p: Prepared, *, use_cache: bool = True,
               on_stage: Callable[[StageRecord], None] | None = None) -> BuildOutcome:
+    cache_root = p.out / ".edgepack-cache"
+    result: BuildResult = run_pipeline(p.ctx, cache_root, use_cache=use_cache, on_stage=on_stage)
+    with stage_errors("bundle", p.target.name):
+        return _write_outputs(p, result)
+
+
+def _write_outputs(p: Prepared, result: BuildResult) -> BuildOutcome:
+    """The report and the bundle, from a finished pipeline."""
     from .report import build_report, render_markdown, render_plots
 
     cache_root = p.out / ".edgepack-cache"
-    result: BuildResult = run_pipeline(p.ctx, cache_root, use_cache=use_cache, on_stage=on_stage)
     ctx, art = result.ctx, result.artifact
     name = bundle_name(ctx.teacher.name, p.target.name)
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

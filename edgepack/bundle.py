@@ -2,8 +2,10 @@
 labels and reference inputs/outputs; zipped and unpacked, swapped in atomically.
 
 The previous bundle in the output folder stays intact until the new one is
-complete: the tree is assembled in a staging folder and renamed into place, the
-zip is written to a temporary file and renamed.
+complete: tree and zip are both assembled in a staging folder, then swapped in
+together (the old tree is moved aside, the new tree and the new zip renamed into
+place). If a rename fails between the two, both are put back as they were, so the
+tree and the zip beside it always belong to the same build.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifacts import atomic_write_json, atomic_write_text, sha256_file
+from .artifacts import atomic_write_json, atomic_write_text, sha256_file, strip_paths
 from .errors import UsageError
 
 SCHEMA = "edgepack.bundle/1"
@@ -51,25 +53,54 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
         "labels": labels,
         "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,
                     **({"alternatives": target.runtime_alternatives} if getattr(target, "runtime_alternatives", None) else {})},
-        "provenance": {"edgepack_version": __version__, "profile": str(settings.profile_path.name),
-                       "recipe_hash": settings.recipe_hash, "calibration_data_sha256": data.calibration_sha256,
-                       "model_sha256": teacher.sha256, "created_at": created_at},
+        # Inputs by name and content hash, never by where they lay on the build machine.
+        "provenance": strip_paths({
+            "edgepack_version": __version__, "profile": str(settings.profile_path.name),
+            "recipe_hash": settings.recipe_hash, "calibration_data_sha256": data.calibration_sha256,
+            "model": teacher.spec, "model_sha256": teacher.sha256, "data": data.source, "data_sha256": data.sha256,
+            "created_at": created_at}),
     }
 
 
 def _zip_tree(tree: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    with open(dest, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
+        os.fchmod(raw.fileno(), 0o644)
+        for f in sorted(p for p in tree.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(f"{tree.name}/{f.relative_to(tree).as_posix()}", ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            z.writestr(info, f.read_bytes())
+
+
+def _swap_in(staging: Path, new_tree: Path, new_zip: Path, final: Path, zip_path: Path) -> None:
+    """Put the new tree and zip in place of the old ones, both or neither.
+
+    The old zip is hard-linked into staging first (it stays in place until the new one
+    replaces it in one rename), the old tree is moved into staging; a failure at any
+    step moves the new tree out and the old tree and zip back."""
+    old_tree, old_zip = staging / ".previous", staging / ".previous.zip"
+    if zip_path.exists():
+        try:
+            os.link(zip_path, old_zip)
+        except OSError:                  # a file system without hard links
+            shutil.copy2(zip_path, old_zip)
+    moved_old = placed_new = False
     try:
-        os.fchmod(fd, 0o644)
-        with open(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(p for p in tree.rglob("*") if p.is_file()):
-                info = zipfile.ZipInfo(f"{tree.name}/{f.relative_to(tree).as_posix()}", ZIP_DATE)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                z.writestr(info, f.read_bytes())
-        Path(tmp).replace(dest)
+        if final.exists():
+            os.replace(final, old_tree)
+            moved_old = True
+        os.replace(new_tree, final)
+        placed_new = True
+        os.replace(new_zip, zip_path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if placed_new:
+            os.replace(final, new_tree)
+        if moved_old:
+            os.replace(old_tree, final)
+        if old_zip.exists():
+            os.replace(old_zip, zip_path)
+        else:
+            zip_path.unlink(missing_ok=True)
         raise
 
 
@@ -93,14 +124,10 @@ def write_bundle(out_dir: Path, name: str, files: dict[str, Path | str | bytes],
         manifest = dict(manifest, files={p.relative_to(tree).as_posix(): sha256_file(p)
                                          for p in sorted(tree.rglob("*")) if p.is_file()})
         atomic_write_json(tree / "manifest.json", manifest)
-        zip_path = out_dir / f"{name}.zip"
-        _zip_tree(tree, zip_path)
-        final = out_dir / name
-        old = None
-        if final.exists():
-            old = staging / ".previous"
-            final.rename(old)
-        tree.rename(final)
+        new_zip = staging / f"{name}.zip"
+        _zip_tree(tree, new_zip)
+        final, zip_path = out_dir / name, out_dir / f"{name}.zip"
+        _swap_in(staging, tree, new_zip, final, zip_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final, zip_path

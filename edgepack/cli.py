@@ -1,5 +1,6 @@
 """The command line: the only place that parses arguments, prints, and maps errors
-to exit codes (0 built and passed, 1 built but a gate failed, 2 bad input/usage)."""
+to exit codes (0 built and passed, 1 built but a gate failed, 2 bad input/usage,
+3 internal error: one line naming stage and target, the traceback in a log in --out)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import EdgepackError, UsageError
+from .errors import EdgepackError, InternalError, UsageError, stage_errors
 
 EXAMPLES_BUILD = """
 \b
@@ -24,6 +25,21 @@ Examples:
 
 def _err(msg: str) -> None:
     click.echo(f"edgepack: error: {msg}", err=True)
+
+
+def _message(e: EdgepackError, out: Path) -> str:
+    """The one line for an error; an internal error's traceback goes to a log in --out,
+    which the line names."""
+    if not isinstance(e, InternalError):
+        return str(e)
+    from .artifacts import atomic_write_text
+
+    log = out / f"edgepack-error-{e.target}.log"
+    try:
+        atomic_write_text(log, e.traceback_text())
+    except OSError as w:
+        return f"{e} (the traceback could not be written to {log}: {w})"
+    return f"{e} (traceback in {log})"
 
 
 class Printer:
@@ -108,13 +124,15 @@ def build(target_names, model, weights, data, train_data, student, metric, allow
     prepared, failed = [], []
     for req in reqs:
         try:
-            prepared.append(prepare(req))
+            with stage_errors("prepare", req.target):
+                prepared.append(prepare(req))
         except EdgepackError as e:
+            msg = _message(e, Path(req.out or "out"))
             if len(reqs) == 1:
-                _err(str(e))
+                _err(msg)
                 sys.exit(e.exit_code)
-            failed.append({"target": req.target, "error": str(e), "exit_code": e.exit_code})
-            _err(f"{req.target}: {e}")
+            failed.append({"target": req.target, "error": msg, "exit_code": e.exit_code})
+            _err(f"{req.target}: {msg}")
     if not prepared:
         sys.exit(max(f["exit_code"] for f in failed))
     if dry_run:
@@ -158,10 +176,12 @@ def _build_one(prepared, keep_going: bool = False):
     for note in ctx.data.notes:
         click.echo(f"edgepack: note: {note}", err=True)
     try:
-        outcome = run_build(prepared, use_cache=prepared.use_cache, on_stage=printer.stage_done)
+        with stage_errors("build", prepared.target.name):
+            outcome = run_build(prepared, use_cache=prepared.use_cache, on_stage=printer.stage_done)
     except EdgepackError as e:
-        _err(f"{prepared.target.name}: {e}" if keep_going else str(e))
-        return (e.exit_code, None, str(e)) if keep_going else e.exit_code
+        msg = _message(e, prepared.out)
+        _err(f"{prepared.target.name}: {msg}" if keep_going else msg)
+        return (e.exit_code, None, msg) if keep_going else e.exit_code
     except KeyboardInterrupt:
         _err("interrupted; earlier outputs are intact")
         sys.exit(130)

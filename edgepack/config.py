@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from .artifacts import sha256_json
 from .errors import UsageError
@@ -69,11 +69,14 @@ class QuantizeConfig(Section):
 
 class ValidateConfig(Section):
     max_accuracy_drop_pp: float = Field(1.0, ge=0)
+    # Latency budget on the bundle's p50: one number for every device (max_p50_ms = 5.0),
+    # or a table by device name (max_p50_ms = { host = 2.0, qemu-aarch64 = 40.0 }); a
+    # device the table leaves out has no budget. None: no latency gate.
+    max_p50_ms: PositiveFloat | dict[str, PositiveFloat] | None = None
     devices: tuple[str, ...] = ("host",)
     warmup_runs: int = Field(20, ge=0)
     runs: int = Field(200, ge=1)
     threads: int = Field(1, ge=1)
-    reference: bool = True        # also convert + time the FP32 teacher for the ratios
     reference_inputs: int = Field(16, ge=1)   # how many eval samples the bundle ships in reference.npz
 
 

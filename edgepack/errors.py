@@ -1,9 +1,15 @@
-"""The two ways a build ends badly, each with its exit code.
+"""The ways a build ends badly, each with its exit code.
 
 Errors are raised where they are found, naming the file, field or op at fault;
-`cli.py` is the only place that turns them into a message and an exit code.
+`cli.py` is the only place that turns them into a message and an exit code. A gate
+that fails (accuracy, latency) is not an exception: the build goes on to write the
+bundle and report, which say why, and the exit code is 1.
 """
 from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class EdgepackError(Exception):
@@ -30,7 +36,30 @@ class DeviceError(EdgepackError):
     exit_code = 1
 
 
-class GateFailed(EdgepackError):
-    """Built, but a gate (accuracy, latency) failed: exit 1; bundle and report say why."""
+class InternalError(EdgepackError):
+    """Anything else that went wrong (a bug, or a library failing in a way nobody foresaw):
+    exit 3. Names the stage that was running and the target; the traceback goes to a log
+    file, so that it never reads as "a gate failed" (1) or "bad input" (2)."""
 
-    exit_code = 1
+    exit_code = 3
+
+    def __init__(self, stage: str, target: str, cause: BaseException):
+        self.stage, self.target, self.cause = stage, target, cause
+        first = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(f"internal error in stage {stage} for target {target}: "
+                         f"{type(cause).__name__}{': ' + first if first else ''}")
+
+    def traceback_text(self) -> str:
+        return "".join(traceback.format_exception(type(self.cause), self.cause, self.cause.__traceback__))
+
+
+@contextmanager
+def stage_errors(stage: str, target: str) -> Iterator[None]:
+    """Let EdgepackError (and KeyboardInterrupt) through; turn any other exception into
+    InternalError naming the stage that was running and the target."""
+    try:
+        yield
+    except EdgepackError:
+        raise
+    except Exception as e:
+        raise InternalError(stage, target, e) from e

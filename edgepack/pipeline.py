@@ -12,6 +12,8 @@ timings) runs on every build; its entry only holds its latest outputs.
 The cache holds pickled torch modules (`torchmodel.save_module`): whoever can write to
 it can run code in the next build. It lives under --out, which must not be shared with
 untrusted users.
+An unexpected exception in a stage becomes InternalError (exit 3) naming the stage
+and the target; the errors a stage raises on purpose (EdgepackError) pass as they are.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .artifacts import Artifact, atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from .errors import stage_errors
 from .stages.base import BuildContext, Stage, StageResult, all_stages
 from .torchmodel import save_module
 
@@ -206,7 +209,8 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             ctx.workdir = tmp
             t0 = time.perf_counter()
             try:
-                result = stage.run(artifact, config, ctx)
+                with stage_errors(stage.name, ctx.target.name):
+                    result = stage.run(artifact, config, ctx)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..artifacts import strip_paths
 
 SCHEMA = "edgepack.report/1"
 
@@ -45,7 +46,7 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
             if name in ref_ok:
                 ratios["latency_p50"][name] = round(ref_ok[name]["latency_ms"]["p50"] / d["latency_ms"]["p50"], 3)
     notes = [n for rec in result.records for n in rec.notes]
-    return {
+    return strip_paths({      # inputs by name and sha256: a bundle carries no build-machine paths
         "schema": SCHEMA,
         "target": target.name,
         "model": {"name": teacher.name, "spec": teacher.spec, "sha256": teacher.sha256},
@@ -65,6 +66,7 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "accuracy": val["accuracy"],
         "devices": val["devices"],
         "failed_devices": val["failed_devices"],
+        "latency": val.get("latency"),
         "data": {"source": data.source, "split": data.split, "sha256": data.sha256,
                  "calibration_sha256": data.calibration_sha256,
                  "calibration_samples": len(data.calibration), "evaluation_samples": len(data.evaluation)},
@@ -73,4 +75,4 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "edgepack_version": __version__,
         "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": notes,
-    }
+    })

@@ -1,4 +1,7 @@
-"""The comparison report of a multi-target build: comparison.json/.md/.png in --out."""
+"""The comparison report of a multi-target build: comparison.json/.md/.png in --out.
+
+A target whose every device failed has a report but no accuracy and no latency: its
+row says "–" there rather than a number (or a crash)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,6 +40,10 @@ def comparison_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _f(v: Any, fmt: str) -> str:
+    return "–" if v is None else fmt.format(v)
+
+
 def _markdown(rows: list[dict[str, Any]], plot: str | None) -> str:
     label = metric_label(next((r for r in rows if r["status"] != "failed"), None))
     lines = ["# Target comparison", "",
@@ -49,27 +56,21 @@ def _markdown(rows: list[dict[str, Any]], plot: str | None) -> str:
         ratios = row["ratios"]
         lat = ratios.get("latency_p50", {}).get("host")
         lines.append(f"| {row['target']} | {row['status']} | {row['size_bytes'] / 1024:,.1f} | "
-                     f"{_fmt(row['accuracy'], '{:.2f}')} | {_fmt(row['drop'], '{:+.2f}')} | "
-                     f"{row['p50_ms'] or float('nan'):.3f} | "
-                     f"{ratios.get('size') or float('nan'):.2f} | {lat or float('nan'):.2f} |")
+                     f"{_f(row['accuracy'], '{:.2f}')} | {_f(row['drop'], '{:+.2f}')} | "
+                     f"{_f(row['p50_ms'], '{:.3f}')} | {_f(ratios.get('size'), '{:.2f}')} | {_f(lat, '{:.2f}')} |")
     refs = [(r["target"], r["reference"]) for r in rows if r.get("reference")]
     if refs:
         lines += ["", "FP32 references (the teacher converted by each target, quantization off):", ""]
         for t, ref in refs:
-            p50 = f"{ref['p50_ms']:.3f} ms" if ref.get("p50_ms") else "–"
-            lines.append(f"- {t}: {ref['size_bytes'] / 1024:,.1f} KiB, {_fmt(ref['accuracy'], '{:.2f}')}, "
-                         f"host p50 {p50}")
+            p50 = _f(ref.get("p50_ms"), "{:.3f} ms")
+            lines.append(f"- {t}: {ref['size_bytes'] / 1024:,.1f} KiB, {_f(ref['accuracy'], '{:.2f}')}, host p50 {p50}")
     if plot:
         lines += ["", f"![{plot}]({plot})"]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(v: Any, fmt: str) -> str:
-    return "–" if v is None else fmt.format(v)
-
-
 def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
-    ok = [r for r in rows if r["status"] != "failed" and r.get("p50_ms")]
+    ok = [r for r in rows if r["status"] != "failed" and r.get("p50_ms") and r.get("accuracy") is not None]
     if not ok:
         return None
     import matplotlib
@@ -86,7 +87,7 @@ def _plot(rows: list[dict[str, Any]], folder: Path) -> str | None:
         ax.scatter(r["p50_ms"], r["accuracy"], s=40 + 8 * size_kib ** 0.5, alpha=0.8, color=color,
                    label=f"{r['target']} ({size_kib:,.0f} KiB)")
         ref = r.get("reference")
-        if ref and ref.get("p50_ms"):
+        if ref and ref.get("p50_ms") and ref.get("accuracy") is not None:
             ax.scatter(ref["p50_ms"], ref["accuracy"], marker="x", s=60, color=color)
     ax.scatter([], [], marker="x", color="grey", label="FP32 reference (same colour)")
     ax.set_xscale("log")

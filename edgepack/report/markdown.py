@@ -84,10 +84,18 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"\n{name}: {model} ({isa or 'no ISA flags recorded'})")
     if any(d.get("emulated") for d in r["devices"]):
         lines.append("\nEmulated timings compare only with other emulated timings, never with hardware.")
-    lines += ["", "## Artifact", "", f"- file: `{r['artifact']['path']}` ({_kb(r['artifact']['size_bytes'])}, "
+    if r.get("latency"):
+        lines += ["", "## Latency budget", "", "| device | p50 ms | budget ms | over by ms | |",
+                  "| --- | ---: | ---: | ---: | --- |"]
+        for row in r["latency"]["devices"]:
+            lines.append(f"| {row['device']} | {row['p50_ms']:.3f} | {row['max_p50_ms']:g} | {row['over_ms']:.3f} | "
+                         f"{'passed' if row['passed'] else '**over budget**'} |")
+    lines += ["", "## Artifact", "", f"- model: {r['model']['spec']} (sha256 `{r['model']['sha256'][:16]}`)",
+              f"- file: `{r['artifact']['path']}` ({_kb(r['artifact']['size_bytes'])}, "
               f"scheme {r['artifact']['scheme']}, layout {r['artifact']['layout']})",
               f"- sha256: `{r['artifact']['sha256']}`",
-              f"- data: {r['data']['source']} — {r['data']['calibration_samples']} calibration / "
+              f"- data: {r['data']['source']} (sha256 `{r['data']['sha256'][:16]}`) — "
+              f"{r['data']['calibration_samples']} calibration / "
               f"{r['data']['evaluation_samples']} evaluation samples ({r['data']['split'].get('method')})",
               f"- recipe hash: `{r['recipe_hash']}`, edgepack {r['edgepack_version']}, {r['created_at']}", ""]
     for p in plots:

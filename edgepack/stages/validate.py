@@ -1,7 +1,8 @@
 """validate: the task's metric of the converted artifact against the FP32 teacher (and
 agreement of every output with the teacher's), and latency of artifact and reference on
 every device the profile names, through the harness. The metric runs here, on the host,
-on the outputs each device returned.
+on the outputs each device returned. The bundle's p50 is checked against
+validate.max_p50_ms where a latency budget is set.
 
 A device that fails is recorded with its reason; the build still writes its bundle
 and report, and the gate fails (exit 1).
@@ -13,7 +14,7 @@ import numpy as np
 from ..arrays import take
 from ..artifacts import Artifact
 from ..config import ValidateConfig
-from ..errors import DeviceError
+from ..errors import DeviceError, UsageError
 from ..harness import run_artifact
 from ..inputs.data import take_targets
 from ..training import reference_outputs
@@ -47,11 +48,43 @@ def gate_devices(ok: list[dict], gate_dev: dict | None) -> list[str]:
     return notes
 
 
+def latency_gate(ok: list[dict], budget: float | dict[str, float] | None) -> tuple[dict | None, list[str]]:
+    """validate.max_p50_ms: the bundle's p50 on each device against its budget (one for all,
+    or one per device name). Marks an entry over budget with gate_failed; returns the
+    report's latency section (None without a budget) and the notes."""
+    if budget is None:
+        return None, []
+    rows, notes = [], []
+    for d in ok:
+        limit = budget.get(d["name"]) if isinstance(budget, dict) else budget
+        if limit is None:
+            continue
+        p50 = d["latency_ms"]["p50"]
+        over = round(p50 - limit, 6)
+        rows.append({"device": d["name"], "p50_ms": p50, "max_p50_ms": limit, "over_ms": max(over, 0.0),
+                     "passed": p50 <= limit})
+        if p50 > limit:
+            msg = f"p50 {p50:.3f} ms exceeds validate.max_p50_ms = {limit:g} ms by {over:.3f} ms"
+            d["gate_failed"] = f"{d['gate_failed']}; {msg}" if d.get("gate_failed") else msg
+            notes.append(f"device {d['name']}: {msg}")
+    return {"max_p50_ms": budget, "devices": rows, "passed": all(r["passed"] for r in rows)}, notes
+
+
 class ValidateStage(Stage):
     name = "validate"
     order = 60
     config_model = ValidateConfig
     cacheable = False      # device timings are measurements: every build takes them afresh
+
+    def check(self, config: ValidateConfig, ctx: BuildContext) -> None:
+        if isinstance(config.max_p50_ms, dict):
+            from ..devices import load_device
+
+            names = [load_device(d).name for d in config.devices]
+            unknown = sorted(set(config.max_p50_ms) - set(names))
+            if unknown:
+                raise UsageError(f"validate.max_p50_ms names {', '.join(unknown)}, not among validate.devices "
+                                 f"({', '.join(names)})")
 
     def cache_key_extra(self, config: ValidateConfig, ctx: BuildContext) -> dict:
         from ..devices import load_device
@@ -122,9 +155,12 @@ class ValidateStage(Stage):
         if not acc["passed"] and gate_dev is not None:
             notes.append(acc.get("why") or f"{task.metric} out of budget")
         notes += gate_devices(ok, gate_dev)
+        latency, latency_notes = latency_gate(ok, config.max_p50_ms)
+        notes += latency_notes
         failed_devices = [d["name"] for d in devices if "error" in d or "gate_failed" in d]
         metrics = {"accuracy": acc, "devices": devices, "reference_devices": ref_devices,
-                   "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices}
+                   "passed": acc["passed"] and not failed_devices, "failed_devices": failed_devices,
+                   "latency": latency}
 
         extras = {}
         if host_outputs is not None:

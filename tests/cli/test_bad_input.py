@@ -25,6 +25,14 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
         return ["-t", "no-such-target", *base], "unknown target 'no-such-target'"
     if name == "unknown profile key":
         return ["-t", "tflite-int8", *base, "--set", "quantize.bogus=1"], "unknown key quantize.bogus"
+    if name == "removed key validate.reference":      # [reference] enabled is the switch
+        return ["-t", "tflite-int8", *base, "--set", "validate.reference=false"], "unknown key validate.reference"
+    if name == "latency budget for a device not validated":
+        return ["-t", "tflite-int8", *base, "--set", "distill.enabled=false", "--set", "prune.enabled=false",
+                "--set", "lowrank.enabled=false", "--set", "validate.max_p50_ms={ board = 2.0 }"], \
+            "validate.max_p50_ms names board, not among validate.devices (host)"
+    if name == "negative latency budget":
+        return ["-t", "tflite-int8", *base, "--set", "validate.max_p50_ms=-1.0"], "validate.max_p50_ms"
     if name == "unknown key in project file":
         cfg = tmp / "edgepack.toml"
         cfg.write_text("[validate]\nrunz = 3\n")
@@ -84,7 +92,8 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
     raise AssertionError(name)
 
 
-CASES = ["unknown target", "unknown profile key", "unknown key in project file", "mistyped profile key",
+CASES = ["unknown target", "unknown profile key", "removed key validate.reference",
+         "latency budget for a device not validated", "negative latency budget", "unknown key in project file", "mistyped profile key",
          "out-of-range value", "missing model file", "factory not found", "weights do not match",
          "forward fails on the data's shape", "missing data file", "corrupt data file", "truncated data file",
          "x/y length mismatch", "NaN in the data", "Inf in the data", "too few calibration samples",

@@ -100,3 +100,12 @@ def test_given_calibration_and_evaluation_that_share_samples_exit_2(tmp_path):
     np.savez(tmp_path / "evaluation.npz", x=x[30:], y=np.zeros(30, np.int64))
     with pytest.raises(UsageError, match="10 of the calibration samples are also evaluation samples"):
         load_data(tmp_path, DataConfig(), calibration_samples=32)
+
+
+def test_labels_txt_is_one_label_per_line_spaces_included(tmp_path, tiny_data):
+    x, y = tiny_data(80, classes=4)
+    np.savez(tmp_path / "calibration.npz", x=x[:40], y=y[:40])
+    np.savez(tmp_path / "evaluation.npz", x=x[40:], y=y[40:])
+    (tmp_path / "labels.txt").write_text("sea lion\ncat\ngreat white shark\ndog\n")
+    data = load_data(tmp_path, DataConfig(), calibration_samples=16)
+    assert data.labels == ["sea lion", "cat", "great white shark", "dog"]
