@@ -2,6 +2,7 @@
 the bundle and report. Every input is checked before the output folder is touched."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from .inputs.model import LoadedModel, check_forward, load_model, order_inputs
 from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
 from .stages.base import BuildContext
 from .targets.base import Target, get_target
-from .tasks import check_task_fits, resolve_task
+from .tasks import check_task_fits, resolution_note, resolve_task
 
 
 @dataclass
@@ -89,6 +90,9 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
     outputs, names = check_forward(teacher, probe.x, data.source)
     task = resolve_task(settings.task, outputs, probe.y, data.source, req.metric)
     check_task_fits(task, outputs, data.labels, data.source)
+    note = resolution_note(task, len(data.evaluation), settings.validate.max_accuracy_drop_pp)
+    if note:
+        data = dataclasses.replace(data, notes=(*data.notes, note))
     ctx = BuildContext(settings=settings, target=target, data=data, teacher=teacher, log=log,
                        student_spec=req.student or inputs.student, task=task, output_names=names)
     for stage, enabled in plan(ctx):

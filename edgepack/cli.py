@@ -195,6 +195,8 @@ def _build_one(prepared, keep_going: bool = False):
     if r["ratios"].get("size"):
         lat = ", ".join(f"{k} {v:.2f}x" for k, v in r["ratios"]["latency_p50"].items())
         click.echo(f"vs FP32 reference: {r['ratios']['size']:.2f}x smaller; p50 latency {lat}")
+    for warning in r.get("warnings", []):
+        click.echo(f"edgepack: warning: {warning}", err=True)
     code = 0
     if not outcome.passed:
         # The validate stage's notes are the gate failures; other stages' notes are only information.

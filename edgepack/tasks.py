@@ -125,8 +125,9 @@ class Task:
         if self.kind == "classification":     # the names report readers of edgepack.report/1 know
             out.update(drop_pp=drop, max_drop_pp=budget)
         if drop is not None and not out["passed"]:
+            points = " pp" if self.unit == "%" else self.unit       # a difference of percentages
             out["why"] = (f"{self.metric} {value:.4g}{self.unit} vs the teacher's {t_value:.4g}{self.unit}: "
-                          f"{drop:.4g}{self.unit} worse, more than {field.split(' = ')[0]} = {budget:.4g}")
+                          f"{drop:.4g}{points} worse, more than {field.split(' = ')[0]} = {budget:.4g}")
         return out
 
     # -- distillation --------------------------------------------------------------------
@@ -216,6 +217,16 @@ def check_task_fits(task: Task, outputs: list[np.ndarray], labels: list[str], so
     if task.kind == "classification" and labels and outputs[0].shape[1] < len(labels):
         raise UsageError(f"{source}: the model's first output has {outputs[0].shape[1]} classes but the data's "
                          f"labels go up to {len(labels) - 1}")
+
+
+def resolution_note(task: Task, n_evaluation: int, budget_pp: float) -> str | None:
+    """A classification budget finer than one evaluation sample fails on a single changed
+    prediction: worth saying before the build, not after."""
+    step = 100.0 / max(n_evaluation, 1)
+    if task.kind == "classification" and task.metric == "top1" and budget_pp < step:
+        return (f"validate.max_accuracy_drop_pp = {budget_pp} is less than one evaluation sample "
+                f"({step:.2f} pp of {n_evaluation}): one changed prediction fails the gate")
+    return None
 
 
 def load_metric(spec: str) -> Callable[..., dict[str, float]]:

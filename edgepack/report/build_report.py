@@ -23,6 +23,20 @@ def _stage_row(rec: Any) -> dict[str, Any]:
                if rec.name not in ("validate",) else {})}
 
 
+def slower_than_reference(ratios: dict[str, Any], devices: dict[str, dict[str, Any]]) -> list[str]:
+    """The bundle slower than its FP32 reference on a device: said, never shipped in silence
+    (int8 gains nothing on a CPU without fast int8 dot products, and tiny models pay the
+    quantize/dequantize steps)."""
+    out = []
+    for name, x in ratios.get("latency_p50", {}).items():
+        if x < 1:
+            cpu = (devices.get(name) or {}).get("cpu") or {}
+            out.append(f"on {name} the bundle runs at {x:.2f}x the speed of its FP32 reference "
+                       f"({cpu.get('model', 'this CPU')}): the float model is faster there; "
+                       "--set quantize.scheme=none would ship it")
+    return out
+
+
 def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: Any,
                  artifact_name: str, created_at: str | None = None) -> dict[str, Any]:
     ctx, art = result.ctx, result.artifact
@@ -45,7 +59,8 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         for name, d in ok.items():
             if name in ref_ok:
                 ratios["latency_p50"][name] = round(ref_ok[name]["latency_ms"]["p50"] / d["latency_ms"]["p50"], 3)
-    notes = [n for rec in result.records for n in rec.notes]
+    warnings = slower_than_reference(ratios, ok)
+    notes = [n for rec in result.records for n in rec.notes] + warnings
     return strip_paths({      # inputs by name and sha256: a bundle carries no build-machine paths
         "schema": SCHEMA,
         "target": target.name,
@@ -75,4 +90,5 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "edgepack_version": __version__,
         "created_at": created_at or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "notes": notes,
+        "warnings": warnings,
     })

@@ -139,7 +139,7 @@ def test_gate_failure_exits_1_with_bundle_and_reason(tiny, tmp_path):
     args[args.index("--data") + 1] = str(data)
     res = edgepack(*args, check=False)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "exceeds validate.max_accuracy_drop_pp = 1.0" in res.stderr
+    assert "worse, more than validate.max_accuracy_drop_pp = 1" in res.stderr
     r = json.loads((out / "tiny_net-tflite-int8" / "report.json").read_text())
     assert not r["passed"] and r["accuracy"]["drop_pp"] > 1.0
     assert "FAILED" in (out / "tiny_net-tflite-int8" / "report.md").read_text()

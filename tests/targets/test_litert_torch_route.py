@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_quantizer")
-
 from edgepack.errors import ConversionError
 from edgepack.targets._litert_torch import convert_litert_torch
 

@@ -42,6 +42,9 @@ TASKS = {"mobilenet": ("classification", "top1"), "text_encoder": ("agreement", 
          "audio": ("classification", "top1"), "detector": ("custom", "iou"),
          "segmenter": ("classification", "pixel_accuracy"), "vit": ("classification", "top1")}
 OUTPUTS = {"detector": ["output_0", "output_1"]}
+# Where the first route fails or misses the budget, the route taken and what the first one said.
+ROUTES = {("vit", "tflite-int8"): ("litert-torch", "Erf"),          # exact GELU: no TFLite builtin via onnx2tf
+          ("text_encoder", "tflite-int8"): ("litert-torch", "over budget")}
 
 
 @pytest.mark.slow
@@ -75,5 +78,11 @@ def test_zoo_model_builds_or_names_the_operator(zoo, tmp_path, name, target):
                                                                        for o in manifest["outputs"]}
         if name == "text_encoder":
             assert ref["x.input_ids"].dtype in (np.int64, np.int32)
+    quantize = next(s for s in report["stages"] if s["name"] == "quantize")["details"]
+    if (name, target) in ROUTES:
+        route, why = ROUTES[(name, target)]
+        first = quantize["routes_tried"][0]
+        assert quantize["route"] == route
+        assert why in (first.get("error") or ("over budget" if not first.get("passed") else ""))
     with zipfile.ZipFile(bundle) as z:
         assert f"{bundle.stem}/manifest.json" in z.namelist()
