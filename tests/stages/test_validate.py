@@ -19,7 +19,7 @@ def test_a_device_that_computes_differently_fails_the_gate():
     notes = gate_devices([host, arm, board], host)
     assert "gate_failed" not in host and "gate_failed" not in board
     assert arm["gate"]["drop_pp"] == 71.5 and arm["accuracy_vs_gate"] == -71.0
-    assert notes == ["device qemu-aarch64: top1 28% vs the teacher's 99.5%: 71.5% worse, more than "
+    assert notes == ["device qemu-aarch64: top1 28% vs the teacher's 99.5%: 71.5 pp worse, more than "
                      "validate.max_accuracy_drop_pp = 1 (against host: 99.0)"]
     assert board["gate"]["drop_pp"] == 0.7 and board["accuracy_vs_gate"] == -0.2
 
