@@ -1,4 +1,11 @@
-"""tflite-int8: ONNX -> onnx2tf (a channel-last Keras model) -> TFLiteConverter -> .tflite.
+"""tflite-int8: ONNX -> onnx2tf (a channel-last Keras model) -> TFLiteConverter -> .tflite,
+or, as the second route, the torch module -> litert-torch -> ai-edge-quantizer (_litert_torch.py).
+
+Routes (quantize.route, quantize.routes): "auto" tries onnx2tf first (the best-tested path
+for CNNs, NHWC) and litert-torch second (attention, LayerNorm, exact GELU, several inputs).
+A route fails when its converter fails or when LiteRT cannot load, prepare (XNNPACK
+included) and run one sample of its file (check_litert_runs); the quantize stage keeps the
+first route whose file meets the budget.
 
 onnx2tf does what it is best at, rewriting the NCHW ONNX graph as an NHWC TensorFlow
 graph, and nothing else: `disable_model_save=True` makes it hand back the Keras model
