@@ -109,10 +109,20 @@ class Layer:
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     if not path.exists():
         raise UsageError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file (the {what} must be a .toml file)")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
+def key_name(parts: tuple[Any, ...] | list[Any]) -> str:
+    """section.key for a message; a key that is empty or not printable (a newline in a quoted
+    TOML key) is shown quoted, so the message stays one line."""
+    return ".".join(p if p and p.isprintable() else repr(p) for p in map(str, parts))
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -165,7 +175,7 @@ def validation_message(err: ValidationError, sources: dict[tuple[str, ...], str]
     e = err.errors()[0]
     loc = (section, *(str(p) for p in e["loc"]))
     source = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), default)
-    key = ".".join(loc) or "(top level)"
+    key = key_name(loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         return f"{source}: unknown key {key}"
     return f"{source}: {key}: {e['msg']} (got {e.get('input')!r})"
@@ -223,16 +233,20 @@ def load_settings(target: str, section_models: dict[str, type[BaseModel]], *,
 
     meta_keys = {"name": str, "format": str, "description": str}
     meta = {k: merged.pop(k) for k in list(merged) if k in meta_keys}
+    for k, v in meta.items():
+        if not isinstance(v, meta_keys[k]):
+            raise UsageError(f"{sources.get((k,), path)}: {k} must be a string (got {v!r})")
     if meta.get("name", target) != target:
-        raise UsageError(f"{path}: name = {meta['name']!r} but the file is for target {target!r}")
+        raise UsageError(f"{sources.get(('name',), path)}: name = {meta['name']!r} but the build is for target "
+                         f"{target!r} (remove name, or build --target {meta['name']})")
     models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, **section_models}
     sections: dict[str, BaseModel] = {}
     for key, value in merged.items():
         if key not in models:
-            raise UsageError(f"{sources.get((key,), path)}: unknown key {key} "
+            raise UsageError(f"{sources.get((key,), path)}: unknown key {key_name([key])} "
                              f"(sections: {', '.join(sorted(models))})")
         if not isinstance(value, dict):
-            raise UsageError(f"{sources.get((key,), path)}: {key} must be a section ([{key}])")
+            raise UsageError(f"{sources.get((key,), path)}: {key} must be a section ([{key}], not {value!r})")
     for key, model in models.items():
         try:
             sections[key] = model.model_validate(merged.get(key, {}))

@@ -207,8 +207,9 @@ def _check_classification(out: np.ndarray, y: Any, source: str) -> None:
 
 def _check_regression(out: np.ndarray, y: Any, source: str) -> None:
     if not isinstance(y, np.ndarray) or y.shape[1:] != out.shape[1:]:
-        got = "named targets" if isinstance(y, dict) else f"y of per-sample shape {y.shape[1:]}"
-        raise UsageError(f"{source}: {got} do not fit the model's first output {tuple(out.shape[1:])}: "
+        got = (f"named targets ({', '.join('y.' + k for k in y)}) do" if isinstance(y, dict)
+               else f"y of per-sample shape {y.shape[1:]} does")
+        raise UsageError(f"{source}: {got} not fit the model's first output {tuple(out.shape[1:])}: "
                          "set task.kind (classification, regression, agreement) or give a metric "
                          "(--metric FILE.py:FUNCTION)")
 
@@ -242,7 +243,9 @@ def _first_key(fn: Callable[..., Any], outputs: list[np.ndarray], targets: Any, 
     try:
         result = fn(outputs, targets)
     except Exception as e:
-        raise UsageError(f"task.metric {spec}: raised {type(e).__name__} on the teacher's outputs: {e}") from None
+        from .inputs.model import first_line
+
+        raise UsageError(f"task.metric {spec}: raised {first_line(e)} on the teacher's outputs") from None
     if not isinstance(result, dict) or not result:
         raise UsageError(f"task.metric {spec}: returned {type(result).__name__}; expected a dict of name -> number")
     return str(next(iter(result)))

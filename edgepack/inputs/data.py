@@ -156,44 +156,69 @@ def _read_npz(path: Path, require_x: bool = True) -> tuple[Arrays, Targets, list
     try:
         with np.load(path, allow_pickle=False) as z:
             files = list(z.files)
-            x = _named(z, files, "x")
-            y_named = _named(z, files, "y")
-            y: Targets = z["y"] if "y" in files else (y_named or None)
-            labels = [str(s) for s in z["labels"].tolist()] if "labels" in files else None
+            x = _named(path, z, files, "x")
+            if "x" in files and x:
+                raise UsageError(f"{path}: holds both x and x.<name> arrays ({', '.join('x.' + k for k in x)}); "
+                                 "use one convention")
+            if "x" in files:
+                x = {DEFAULT_INPUT: _array(path, z, "x")}
+            y_named = _named(path, z, files, "y")
+            if "y" in files and y_named:
+                raise UsageError(f"{path}: holds both y and y.<name> arrays ({', '.join('y.' + k for k in y_named)}); "
+                                 "use one convention")
+            y: Targets = _array(path, z, "y") if "y" in files else (y_named or None)
+            labels = _read_labels(path, _array(path, z, "labels")) if "labels" in files else None
     except UsageError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
         raise UsageError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    if "x" in x and len(x) > 1:
-        raise UsageError(f"{path}: holds both x and x.<name> arrays ({', '.join(x)}); use one convention")
     if not x:
         if require_x:
             raise UsageError(f"{path}: missing array(s) x (an .npz needs the model's input as x, or x.<name> "
                              f"for each of several inputs; found {', '.join(files) or 'nothing'})")
         return {}, y, labels
-    if "x" in x:
-        x = {DEFAULT_INPUT: x["x"]}
     return _check(path, x, y) + (labels,)
 
 
-def _named(z: Any, files: list[str], prefix: str) -> Arrays:
-    """`x` or `x.<name>` / `x_<name>` arrays, in file order."""
+def _array(path: Path, z: Any, key: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise UsageError(f"{path}: {key} holds Python objects (dtype object), which edgepack does not unpickle "
+                         "(save numbers: float32 values, integer ids, bool masks)") from None
+
+
+def _named(path: Path, z: Any, files: list[str], prefix: str) -> Arrays:
+    """The `x.<name>` / `x_<name>` arrays (not a plain `x`), by name, in file order."""
     out: Arrays = {}
     for f in files:
-        if f == prefix:
-            out[prefix] = z[f]
-        elif f.startswith((prefix + ".", prefix + "_")) and len(f) > 2:
-            out[f[2:]] = z[f]
-    if prefix == "y":
-        out.pop("y", None)
+        if f.startswith((prefix + ".", prefix + "_")) and len(f) > 2:
+            if f[2:] in out:
+                raise UsageError(f"{path}: holds both {prefix}.{f[2:]} and {prefix}_{f[2:]}; they name the same "
+                                 "array (keep one)")
+            out[f[2:]] = _array(path, z, f)
     return out
+
+
+def _read_labels(path: Path, a: np.ndarray) -> list[str]:
+    if a.ndim != 1 or a.dtype.kind not in "USbiuf":
+        raise UsageError(f"{path}: labels has dtype {a.dtype} and shape {a.shape}; expected (K,) class names")
+    return [str(s) for s in a.tolist()]
+
+
+# dtype kinds a model's inputs and the targets may have: bool, signed and unsigned ints, floats
+NUMERIC_KINDS = "biuf"
+# The most classes integer targets may imply (class ids 0..K-1; labels.txt lists them)
+MAX_CLASSES = 1 << 20
 
 
 def _check(path: Path | str, x: Arrays, y: Targets) -> tuple[Arrays, Targets]:
     n = None
     for name, a in x.items():
         key = "x" if name == DEFAULT_INPUT and len(x) == 1 else f"x.{name}"
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        if a.dtype.kind not in NUMERIC_KINDS:
             raise UsageError(f"{path}: {key} has dtype {a.dtype}; expected numbers (float32 values, integer ids, "
                              "bool masks)")
         if a.ndim < 1 or (a.ndim == 1 and np.issubdtype(a.dtype, np.floating) and len(x) == 1):
@@ -201,9 +226,11 @@ def _check(path: Path | str, x: Arrays, y: Targets) -> tuple[Arrays, Targets]:
         if n is None:
             n = len(a)
         elif len(a) != n:
-            raise UsageError(f"{path}: {key} has {len(a)} samples but {next(iter(x))} has {n}")
+            raise UsageError(f"{path}: {key} has {len(a)} samples but x.{next(iter(x))} has {n}")
         if len(a) == 0:
             raise UsageError(f"{path}: {key} holds no samples")
+        if a.size == 0:
+            raise UsageError(f"{path}: {key} has shape {a.shape}; each sample holds no values")
         if np.issubdtype(a.dtype, np.floating):
             finite = np.isfinite(a.reshape(len(a), -1)).all(axis=1)
             if not finite.all():
@@ -212,7 +239,7 @@ def _check(path: Path | str, x: Arrays, y: Targets) -> tuple[Arrays, Targets]:
                 x[name] = a.astype(np.float32)       # the models compute in float32
     for key, t in ([("y", y)] if isinstance(y, np.ndarray) else
                    [(f"y.{k}", v) for k, v in y.items()] if isinstance(y, dict) else []):
-        if not (np.issubdtype(t.dtype, np.number) or t.dtype == np.bool_) or t.ndim == 0:
+        if t.dtype.kind not in NUMERIC_KINDS or t.ndim == 0:
             raise UsageError(f"{path}: {key} has dtype {t.dtype} and shape {t.shape}; expected numbers, one row "
                              "per sample")
         if len(t) != n:
@@ -220,10 +247,15 @@ def _check(path: Path | str, x: Arrays, y: Targets) -> tuple[Arrays, Targets]:
         if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
             raise UsageError(f"{path}: {key} holds NaN or Inf")
     if isinstance(y, np.ndarray) and y.ndim == 1 and np.issubdtype(y.dtype, np.floating) \
-            and np.all(y == np.round(y)) and len(x) == 1 and next(iter(x.values())).ndim >= 2:
+            and np.all(y == np.round(y)) and np.all(np.abs(y) < MAX_CLASSES) and len(x) == 1 \
+            and next(iter(x.values())).ndim >= 2:
         y = y.astype(np.int64)           # class ids saved as floats
-    if isinstance(y, np.ndarray) and np.issubdtype(y.dtype, np.integer) and (y < 0).any():
-        raise UsageError(f"{path}: y holds negative labels")
+    if isinstance(y, np.ndarray) and np.issubdtype(y.dtype, np.integer):
+        if (y < 0).any():
+            raise UsageError(f"{path}: y holds negative labels (class ids run 0..K-1)")
+        if int(y.max()) >= MAX_CLASSES:
+            raise UsageError(f"{path}: y holds class id {int(y.max())}, more than {MAX_CLASSES} classes (class ids "
+                             "run 0..K-1; save y as float for regression targets)")
     return x, y
 
 
@@ -312,11 +344,15 @@ def load_data(spec: str | Path | None, cfg: DataConfig, *, calibration_samples: 
         split = {"method": "given", "source": path.name}
         names = {"calibration": f"{path.name}/calibration.npz", "evaluation": f"{path.name}/evaluation.npz"}
         if (path / "labels.txt").exists():
-            labels = [line.strip() for line in (path / "labels.txt").read_text().splitlines() if line.strip()]
+            try:
+                text = (path / "labels.txt").read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError) as e:
+                raise UsageError(f"{path / 'labels.txt'}: not readable as UTF-8 text ({e})") from None
+            labels = [line.strip() for line in text.splitlines() if line.strip()]
         if (path / "preprocessing.json").exists():
             try:
-                preprocessing = json.loads((path / "preprocessing.json").read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                preprocessing = json.loads((path / "preprocessing.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
                 raise UsageError(f"{path / 'preprocessing.json'}: not valid JSON ({e})") from None
             if not isinstance(preprocessing, dict):
                 raise UsageError(f"{path / 'preprocessing.json'}: expected a JSON object, got "

@@ -57,6 +57,12 @@ def module_identity(module) -> str:
     return h.hexdigest()
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as `Type: its first line`, for a one-line message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def import_callable(spec: str, what: str = "factory"):
     """The function `spec` names (FILE.py:FUNCTION or package.module:FUNCTION)."""
     return _import_factory(spec, what)[0]
@@ -69,8 +75,11 @@ def _import_factory(spec: str, what: str = "factory"):
     mod_ref, _, fn_name = spec.rpartition(":")
     if mod_ref.endswith(".py") or "/" in mod_ref:
         path = Path(mod_ref).resolve()
+        kind = "model" if what == "factory" else what
         if not path.exists():
-            raise UsageError(f"{mod_ref}: {'model' if what == 'factory' else what} file not found")
+            raise UsageError(f"{mod_ref}: {kind} file not found")
+        if not path.is_file():
+            raise UsageError(f"{mod_ref}: not a file (the {kind} must be a Python file)")
         source = path.read_bytes()
         # A stable module name lets cached (pickled) models of this factory load again.
         mod_name = "edgepack_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
@@ -83,12 +92,12 @@ def _import_factory(spec: str, what: str = "factory"):
                 loader_spec.loader.exec_module(module)
             except Exception as e:
                 del sys.modules[mod_name]
-                raise UsageError(f"{mod_ref}: importing the model file failed: {type(e).__name__}: {e}") from None
+                raise UsageError(f"{mod_ref}: importing the {kind} file failed: {first_line(e)}") from None
     else:
         try:
             module = importlib.import_module(mod_ref)
-        except ImportError as e:
-            raise UsageError(f"{spec!r}: cannot import module {mod_ref!r} ({e})") from None
+        except Exception as e:      # ImportError, or the module itself failing as it runs
+            raise UsageError(f"{spec!r}: cannot import module {mod_ref!r} ({first_line(e)})") from None
         source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else mod_ref.encode()
     fn = getattr(module, fn_name, None)
     if not callable(fn):
@@ -115,7 +124,7 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
         try:
             module = torch.export.load(str(path)).module()
         except Exception as e:
-            raise UsageError(f"{spec}: not a loadable torch.export program ({type(e).__name__}: {e})") from None
+            raise UsageError(f"{spec}: not a loadable torch.export program ({first_line(e)})") from None
         if weights is not None:
             raise UsageError(f"--weights {weights}: a .pt2 program carries its own weights")
         return LoadedModel(module, name, spec, hashlib.sha256(path.read_bytes()).hexdigest())
@@ -128,7 +137,7 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
             torch.manual_seed(0)
             module = factory()
     except Exception as e:
-        raise UsageError(f"{spec}: the factory raised {type(e).__name__}: {e}") from None
+        raise UsageError(f"{spec}: the factory raised {first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"{spec}: the factory returned {type(module).__name__}, not a torch.nn.Module")
     if weights is not None:
