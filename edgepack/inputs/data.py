@@ -1,7 +1,7 @@
 """Data loading: an .npz, a folder with calibration.npz + evaluation.npz, or an image tree.
 
 An .npz holds the model's inputs as `x` (one input) or `x.<name>` (several, named as the
-model's forward arguments; `x_<name>` is read the same), each in its own dtype, and the
+model's forward arguments), each in its own dtype, and the
 targets as `y` (any shape: class ids, a per-pixel mask, regression values) or `y.<name>`
 (several, for a metric of the user's), or no targets at all (the agreement task checks
 the converted model against the FP32 teacher). Nothing is cast: int64 ids stay int64.
@@ -175,7 +175,7 @@ def _read_npz(path: Path, require_x: bool = True) -> tuple[Arrays, Targets, list
     if not x:
         if require_x:
             raise UsageError(f"{path}: missing array(s) x (an .npz needs the model's input as x, or x.<name> "
-                             f"for each of several inputs; found {', '.join(files) or 'nothing'})")
+                             f"for each of several inputs; found {', '.join(files[:12]) or 'nothing'})")
         return {}, y, labels
     return _check(path, x, y) + (labels,)
 
@@ -191,15 +191,9 @@ def _array(path: Path, z: Any, key: str) -> np.ndarray:
 
 
 def _named(path: Path, z: Any, files: list[str], prefix: str) -> Arrays:
-    """The `x.<name>` / `x_<name>` arrays (not a plain `x`), by name, in file order."""
-    out: Arrays = {}
-    for f in files:
-        if f.startswith((prefix + ".", prefix + "_")) and len(f) > 2:
-            if f[2:] in out:
-                raise UsageError(f"{path}: holds both {prefix}.{f[2:]} and {prefix}_{f[2:]}; they name the same "
-                                 "array (keep one)")
-            out[f[2:]] = _array(path, z, f)
-    return out
+    """The `x.<name>` arrays (not a plain `x`), by name, in file order. One convention only:
+    `x_<name>` would also read scikit-learn's `x_train`/`x_test` as two inputs."""
+    return {f[2:]: _array(path, z, f) for f in files if f.startswith(prefix + ".") and len(f) > 2}
 
 
 def _read_labels(path: Path, a: np.ndarray) -> list[str]:

@@ -99,10 +99,10 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
         p = tmp / "both.npz"
         np.savez(p, x=x, **{"x.a": x}, y=y)
         return ["-t", "tflite-int8", *base, "--data", str(p)], "both.npz: holds both x and x.<name> arrays (x.a)"
-    if name == "x.<name> and x_<name> for one input":
-        p = tmp / "twice.npz"
-        np.savez(p, **{"x.x": x, "x_x": x}, y=y)
-        return ["-t", "tflite-int8", *base, "--data", str(p)], "twice.npz: holds both x.x and x_x"
+    if name == "scikit-learn style x_train / x_test":
+        p = tmp / "sklearn.npz"
+        np.savez(p, x_train=x, y_train=y, x_test=x, y_test=y)
+        return ["-t", "tflite-int8", *base, "--data", str(p)], "sklearn.npz: missing array(s) x"
     if name == "inputs of different lengths":
         p = tmp / "ragged.npz"
         np.savez(p, **{"x.x": x, "x.mask": np.ones((len(x) - 10, 8), np.bool_)}, y=y)
@@ -220,7 +220,7 @@ CASES = ["unknown target", "unknown profile key", "removed key validate.referenc
          "forward fails on the data's shape", "missing data file", "corrupt data file", "truncated data file",
          "x/y length mismatch", "NaN in the data", "Inf in the data", "too few calibration samples",
          "non-numeric label", "output folder is a file",
-         "x.<name> not a forward argument", "both x and x.<name>", "x.<name> and x_<name> for one input",
+         "x.<name> not a forward argument", "both x and x.<name>", "scikit-learn style x_train / x_test",
          "inputs of different lengths", "empty input array", "samples that hold no values", "string input",
          "object input", "complex input", "y.<name> length mismatch", "both y and y.<name>",
          "class id far beyond any class count", "labels not a list of names", "labels.txt not UTF-8",

@@ -29,11 +29,12 @@ def test_named_inputs_keep_their_dtypes_and_order(tmp_path):
     assert any("fewer than quantize.calibration_samples = 256" in n for n in ds.notes)
 
 
-def test_underscore_names_read_like_dotted_ones(tmp_path):
+def test_only_dotted_names_are_inputs(tmp_path):
+    # x_<name> is not the convention: scikit-learn's x_train / x_test are not two inputs
     arrays = {k.replace("x.", "x_"): v for k, v in _text(80).items()}
     np.savez(tmp_path / "t.npz", **arrays)
-    ds = load_data(tmp_path / "t.npz", DataConfig(), calibration_samples=32)
-    assert list(ds.evaluation.x) == ["input_ids", "attention_mask"]
+    with pytest.raises(UsageError, match="missing array"):
+        load_data(tmp_path / "t.npz", DataConfig(), calibration_samples=32)
 
 
 @pytest.mark.parametrize("y, kind", [
