@@ -460,12 +460,17 @@ def reestimate_bn(model: Any, x: Arrays, batch_size: int = 128, max_samples: int
 def output_layers(model: Any, example: Any) -> list[Any]:
     """The layer(s) that produce the model's outputs (the classifier): never pruned, so the
     number of outputs stays the teacher's. Found by running the model: the last Conv or
-    Linear executed whose output width is the model's."""
+    Linear executed whose output width is the model's, or whose output holds as many values
+    per sample as the model's output (a head reshaped: (N, 1, 4, 4) scores -> (N, 16))."""
     import torch
     from torch import nn
 
-    seen: list[Any] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(mod))
+    seen: list[tuple[Any, int | None]] = []
+
+    def hook(mod: Any, _i: Any, o: Any) -> None:
+        seen.append((mod, int(o[0].numel()) if isinstance(o, torch.Tensor) and o.ndim > 0 else None))
+
+    hooks = [m.register_forward_hook(hook)
              for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
     try:
         model.eval()
@@ -475,16 +480,19 @@ def output_layers(model: Any, example: Any) -> list[Any]:
         for h in hooks:
             h.remove()
     # Every output's producer: the last Conv/Linear run whose width is that output's last or
-    # channel dimension (a head's boxes come out of a Linear of width A*4, reshaped).
+    # channel dimension (a head's boxes come out of a Linear of width A*4, reshaped), or whose
+    # per-sample output has as many values (a 1-channel score map flattened to anchors).
     found: list[Any] = []
     for out in outs:
-        widths = {out.shape[-1], out.shape[1] if out.ndim > 1 else None, int(out[0].numel()) if out.ndim else None}
-        for m in reversed(seen):
-            if getattr(m, "out_features", getattr(m, "out_channels", None)) in widths:
+        per_sample = int(out[0].numel()) if out.ndim else None
+        widths = {out.shape[-1], out.shape[1] if out.ndim > 1 else None, per_sample}
+        for m, numel in reversed(seen):
+            if getattr(m, "out_features", getattr(m, "out_channels", None)) in widths or \
+                    (numel is not None and numel == per_sample):
                 if m not in found:
                     found.append(m)
                 break
-    return found or seen[-1:]
+    return found or [m for m, _ in seen[-1:]]
 
 
 def _args(example: Any) -> tuple[Any, ...]:
@@ -514,10 +522,12 @@ def check_width(model: Any, example: Any, width: float, field_name: str) -> None
     from torch import nn
 
     ignored = set(output_layers(model, example))
+    for att in find_attention(model, example):
+        ignored.update(att.layers(model))       # pruned by head dims (>= 1 each) or kept whole
     for name, m in model.named_modules():
-        if m in ignored or not isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)):
+        if m in ignored or not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
-        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels:
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels:
             continue    # depthwise: follows its producer
         ch = m.out_channels if hasattr(m, "out_channels") else m.out_features
         if int(ch * width) < 1:
@@ -525,16 +535,236 @@ def check_width(model: Any, example: Any, width: float, field_name: str) -> None
                              f"(needs at least {1 / ch:.3g})")
 
 
-def channel_pruner(model: Any, example: Any, *, ratio: float, criterion: str = "l2", global_pruning: bool = False,
-                   steps: int = 1, max_layer_ratio: float = 0.9, round_to: int | None = None) -> Any:
-    """A Torch-Pruning (DepGraph) pruner over every Conv/Linear except the classifier."""
+# -- attention ----------------------------------------------------------------------
+#
+# Torch-Pruning prunes attention when told which Linear layers produce heads
+# (num_heads={qkv: heads}): it removes the same dimensions from every head, so q, k and v
+# stay consistent. The module's forward still reads its head dimension from an attribute
+# (timm's head_dim, a BERT-style head_size), which Torch-Pruning's ViT example updates after
+# pruning; we do the same for the usual names. Two things defeat it in models as they come:
+# a forward that reshapes the heads back to its *input* width (x.reshape(n, t, d) with d from
+# x.shape: Torch-Pruning's own example replaces timm's forward for this reason), and a fused
+# qkv indexed as qkv[0], qkv[1], qkv[2] (Torch-Pruning follows torch.unbind, not indexing).
+# So attention is pruned by heads only when a trial on a copy runs and keeps the output
+# shapes; otherwise its projections are kept whole (and with them the hidden size they read
+# and write): MLP widths and conv channels are still pruned, and the stage says so.
+
+HEAD_COUNT_ATTRS = ("num_heads", "heads", "n_heads", "num_attention_heads", "n_head", "nhead")
+HEAD_DIM_ATTRS = ("head_dim", "dh", "d_head", "head_size", "attention_head_size", "dim_head", "d_k",
+                  "all_head_size", "inner_dim")
+
+
+@dataclass
+class Attention:
+    """One attention module found by running the model: its head count and the Linear layers
+    that make the heads (q, k, v or a fused qkv: they read the module's input) and that read
+    them back (the output projection), by name, so that a copy of the model resolves them."""
+
+    name: str
+    heads: int
+    projections: list[str]
+    outputs: list[str]
+    width: int = 0          # out_features of the first projection, now
+
+    def module(self, model: Any) -> Any:
+        return model.get_submodule(self.name)
+
+    def layers(self, model: Any) -> list[Any]:
+        return [model.get_submodule(n) for n in self.projections + self.outputs]
+
+    def update_head_dims(self, model: Any) -> None:
+        """After Torch-Pruning removed head dimensions: scale the module's head-size attributes
+        as its projections shrank (heads are kept; their dimensions are pruned)."""
+        new = model.get_submodule(self.projections[0]).out_features
+        if new == self.width:
+            return
+        mod = self.module(model)
+        for attr in HEAD_DIM_ATTRS:
+            value = getattr(mod, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                if (value * new) % self.width:
+                    raise RuntimeError(f"head dimension attribute {self.name}.{attr} = {value} does not scale to "
+                                       f"{new} of {self.width} projection channels")
+                setattr(mod, attr, value * new // self.width)
+        self.width = new
+
+
+def find_attention(model: Any, example: Any) -> list[Attention]:
+    """Attention modules: a module with a head-count attribute (num_heads, heads, ...) that owns
+    Linear layers; the ones reading its input make the heads, the ones reading its output (or
+    the rest of its own Linears) put them back together. nn.MultiheadAttention is left to
+    Torch-Pruning, which prunes it natively."""
+    import torch
+    from torch import nn
+
+    cands: dict[str, tuple[Any, int]] = {}
+    for name, m in model.named_modules():
+        if not name or isinstance(m, nn.MultiheadAttention):
+            continue
+        for attr in HEAD_COUNT_ATTRS:
+            v = getattr(m, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 1 and \
+                    any(isinstance(c, nn.Linear) for c in m.modules()):
+                cands[name] = (m, v)
+                break
+    # the innermost module that says how many heads: a layer holding an attention may say it too
+    cands = {n: c for n, c in cands.items() if not any(o != n and o.startswith(n + ".") for o in cands)}
+    if not cands:
+        return []
+    ins: dict[str, list[Any]] = {n: [] for n in cands}
+    outs: dict[str, list[Any]] = {n: [] for n in cands}
+    calls: list[tuple[str, Any]] = []           # (linear name, its input tensor), in order
+
+    def tensors(obj: Any) -> list[Any]:
+        if isinstance(obj, torch.Tensor):
+            return [obj]
+        if isinstance(obj, dict):
+            obj = list(obj.values())
+        if isinstance(obj, (tuple, list)):
+            return [t for o in obj for t in tensors(o)]
+        return []
+
+    hooks = []
+    for n, (m, _) in cands.items():
+        hooks.append(m.register_forward_pre_hook(
+            lambda mod, a, kw, n=n: ins[n].extend(tensors(a) + tensors(kw)), with_kwargs=True))
+        hooks.append(m.register_forward_hook(lambda mod, a, o, n=n: outs[n].extend(tensors(o))))
+    for ln, lm in model.named_modules():
+        if isinstance(lm, nn.Linear):
+            hooks.append(lm.register_forward_pre_hook(lambda mod, a, ln=ln: calls.append((ln, a[0]))))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*_args(example))
+    finally:
+        for h in hooks:
+            h.remove()
+    found = []
+    for n, (m, heads) in cands.items():
+        inside = {f"{n}.{c}" for c, lm in m.named_modules() if c and isinstance(lm, nn.Linear)}
+        proj, back = [], []
+        for ln, x in calls:
+            if ln in inside and any(x is t for t in ins[n]):
+                proj.append(ln)
+            elif ln in inside or any(x is t for t in outs[n]):
+                back.append(ln)
+        proj = list(dict.fromkeys(proj))
+        back = [b for b in dict.fromkeys(back) if b not in proj]
+        if proj:
+            found.append(Attention(n, heads, proj, back, model.get_submodule(proj[0]).out_features))
+    return found
+
+
+class ChannelPruner:
+    """Torch-Pruning's pruner, and what was decided for attention: `step()` prunes and then
+    updates the head-size attributes of the attention modules pruned by heads."""
+
+    def __init__(self, model: Any, pruner: Any, attention: list[Attention], mode: str, reason: str = ""):
+        self.model, self.pruner, self.attention, self.mode, self.reason = model, pruner, attention, mode, reason
+
+    @property
+    def current_step(self) -> int:
+        return self.pruner.current_step
+
+    def step(self) -> None:
+        self.pruner.step()
+        if self.mode == "heads":
+            for att in self.attention:
+                att.update_head_dims(self.model)
+
+    def notes(self, section: str) -> list[str]:
+        """One line on what happened to attention (none without attention)."""
+        if not self.attention:
+            return []
+        names = ", ".join(a.name for a in self.attention[:4]) + (", ..." if len(self.attention) > 4 else "")
+        if self.mode == "heads":
+            line = (f"{section}: attention {names}: head dimensions pruned through Torch-Pruning's num_heads "
+                    f"(heads kept, head-size attributes updated)")
+        else:
+            line = (f"{section}: attention {names}: projections kept whole, so the hidden size they read and write "
+                    f"is kept too (Torch-Pruning cannot prune their heads here: {self.reason}); MLP widths and conv "
+                    f"channels are pruned")
+        return [line]
+
+    def describe(self) -> dict[str, Any]:
+        return {"attention": [{"layer": a.name, "heads": a.heads, "projections": a.projections,
+                               "outputs": a.outputs} for a in self.attention],
+                "attention_pruning": None if not self.attention else self.mode,
+                **({"attention_kept_whole_because": self.reason} if self.mode == "whole" else {})}
+
+
+def _tp_pruner(model: Any, example: Any, attention: list[Attention], mode: str, *, ratio: float, criterion: str,
+               global_pruning: bool, steps: int, max_layer_ratio: float, round_to: int | None) -> Any:
     import torch_pruning as tp
 
+    ignored = output_layers(model, example)
+    num_heads = {}
+    for att in attention:
+        if mode == "heads":
+            num_heads.update({model.get_submodule(p): att.heads for p in att.projections})
+        else:
+            ignored += [m for m in att.layers(model) if m not in ignored]
     return tp.pruner.BasePruner(
         model, _args(example) if len(_args(example)) > 1 else _args(example)[0], importance=importance(criterion),
         global_pruning=global_pruning,
         pruning_ratio=ratio, iterative_steps=steps, max_pruning_ratio=max_layer_ratio,
-        ignored_layers=output_layers(model, example), round_to=round_to)
+        ignored_layers=ignored, round_to=round_to, unwrapped_parameters=unwrapped_parameters(model) or None,
+        num_heads=num_heads, prune_head_dims=True, prune_num_heads=False)
+
+
+def unwrapped_parameters(model: Any) -> list[tuple[Any, int]]:
+    """Parameters held by no layer Torch-Pruning knows (a class token, position embeddings), with
+    the dimension that follows the channels: the last one larger than 1 ((1, T, D) -> D), as
+    Torch-Pruning assumes, given explicitly as its ViT examples do."""
+    from torch import nn
+
+    layers = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+              nn.modules.instancenorm._InstanceNorm, nn.Embedding, nn.PReLU, nn.MultiheadAttention, nn.RNNBase)
+    out = []
+    for m in model.modules():
+        if isinstance(m, layers):
+            continue
+        for p in m.parameters(recurse=False):
+            dims = [i for i, n in enumerate(p.shape) if n > 1]
+            if dims:
+                out.append((p, dims[-1]))
+    return out
+
+
+def channel_pruner(model: Any, example: Any, *, ratio: float, criterion: str = "l2", global_pruning: bool = False,
+                   steps: int = 1, max_layer_ratio: float = 0.9, round_to: int | None = None) -> ChannelPruner:
+    """A Torch-Pruning (DepGraph) pruner over every Conv/Linear except the classifier.
+
+    Attention (see find_attention) is pruned by head dimensions when a trial on a copy of the
+    model, through every step, runs and keeps the output shapes; else its projections are kept
+    whole. A model without attention gets exactly Torch-Pruning's plain pruner."""
+    kw = {"ratio": ratio, "criterion": criterion, "global_pruning": global_pruning, "steps": steps,
+          "max_layer_ratio": max_layer_ratio, "round_to": round_to}
+    attention = find_attention(model, example)
+    mode, reason = "heads", ""
+    if attention:
+        mode, reason = _trial_heads(model, example, attention, kw)
+    fresh = [Attention(a.name, a.heads, a.projections, a.outputs, a.width) for a in attention]
+    return ChannelPruner(model, _tp_pruner(model, example, fresh, mode, **kw), fresh, mode, reason)
+
+
+def _trial_heads(model: Any, example: Any, attention: list[Attention], kw: dict[str, Any]) -> tuple[str, str]:
+    """("heads", "") when pruning by heads works on a copy at every step, else ("whole", why)."""
+    trial = copy.deepcopy(model)
+    atts = [Attention(a.name, a.heads, a.projections, a.outputs, a.width) for a in attention]
+    try:
+        shapes = output_shapes(trial, example)
+        pruner = ChannelPruner(trial, _tp_pruner(trial, example, atts, "heads", **kw), atts, "heads")
+        for _ in range(kw["steps"]):
+            pruner.step()
+            got = output_shapes(trial, example)
+            if got != shapes:
+                return "whole", f"the outputs would have shapes {got}, not {shapes}"
+    except Exception as e:      # noqa: BLE001 - whatever Torch-Pruning or the forward raised: keep attention whole
+        return "whole", first_line(e)
+    finally:
+        trial.zero_grad(set_to_none=True)
+    return "heads", ""
 
 
 def taylor_gradients(model: Any, x: Arrays, y: np.ndarray, batch_size: int = 128, batches: int = 4) -> None:
@@ -552,17 +782,22 @@ def taylor_gradients(model: Any, x: Arrays, y: np.ndarray, batch_size: int = 128
         F.cross_entropy(out, torch.from_numpy(y[i:i + batch_size])).backward()
 
 
-def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, criterion: str = "l2") -> Any:
+def derive_by_width(teacher: Any, example: Any, width: float, field_name: str, criterion: str = "l2",
+                    notes: list[str] | None = None) -> Any:
     """A copy of the teacher with `width` of every layer's channels kept (uniform structured
-    pruning through the dependency graph, least important channels removed first)."""
+    pruning through the dependency graph, least important channels removed first). What was
+    done to attention is appended to `notes` when given."""
     check_width(teacher, example, width, field_name)
     student = copy.deepcopy(teacher)
     section = field_name.split(".")[0]
     if width < 1:
         shapes = output_shapes(teacher, example)
         with pruning_guard(student, section):
-            channel_pruner(student, example, ratio=1 - width, criterion=criterion, max_layer_ratio=1.0).step()
+            pruner = channel_pruner(student, example, ratio=1 - width, criterion=criterion, max_layer_ratio=1.0)
+            pruner.step()
         check_pruned(student, example, shapes, section)
+        if notes is not None:
+            notes.extend(pruner.notes(section))
     student.eval()
     return student
 
@@ -591,16 +826,34 @@ class pruning_guard:
         if not isinstance(e, Exception):
             return False
         raise UsageError(f"{self.section}: Torch-Pruning cannot prune this model ({first_line(e)}); "
-                         f"{_layer_hint(self.model, e)}switch the stage off with --set {self.section}.enabled=false") \
+                         f"{_layer_hint(self.model, e, tb)}switch the stage off with --set {self.section}.enabled=false") \
             from None
 
 
-def _layer_hint(model: Any, e: BaseException) -> str:
+def _layer_hint(model: Any, e: BaseException, tb: Any = None) -> str:
+    """'at layer NAME; ': the layer named in the error, else the innermost layer Torch-Pruning's
+    frames were working on when it failed (a local `module`, `layer` or pruning `group`)."""
     names = {id(m): n for n, m in model.named_modules() if n}
     text = str(e)
     for n in sorted(names.values(), key=len, reverse=True):
         if n in text:
             return f"at layer {n!r}; "
+    found = None
+    while tb is not None:
+        loc = tb.tb_frame.f_locals
+        for key in ("module", "layer", "group", "root"):
+            v = loc.get(key)
+            try:
+                if key == "group" and v is not None and not isinstance(v, (list, tuple, dict)) and len(v):
+                    v = v[0].dep.target.module
+            except Exception:       # noqa: BLE001 - a local of that name that is no pruning group
+                v = None
+            if id(v) in names:
+                found = names[id(v)]
+                break
+        tb = tb.tb_next
+    if found is not None:
+        return f"at layer {found!r} ({type(model.get_submodule(found)).__name__}); "
     return ""
 
 

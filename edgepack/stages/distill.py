@@ -115,7 +115,8 @@ class DistillStage(Stage):
             student = copy.deepcopy(given.module)      # its export was checked in check()
             origin = {"kind": "given", "spec": given.spec}
         else:
-            student = derive_by_width(load_module(artifact), example, config.student_width, "distill.student_width")
+            student = derive_by_width(load_module(artifact), example, config.student_width, "distill.student_width",
+                                      notes=notes)
             origin = {"kind": "derived", "width": config.student_width, "method": "uniform L2 channel pruning"}
             self._check_export(student, ctx, ctx.workdir / "export-check")
 
@@ -132,7 +133,7 @@ class DistillStage(Stage):
         t_params = ctx.results["reference"].metrics.get("params") if "reference" in ctx.results else None
         what = (f"given by {given.spec}" if given is not None
                 else f"derived from the teacher at width {config.student_width}")
-        notes.append(f"distill: student {what}: {metrics['params']:,} params"
+        notes.insert(0, f"distill: student {what}: {metrics['params']:,} params"
                      + (f" ({t_params / metrics['params']:.1f}x fewer than the teacher)" if t_params else "")
                      + (f", best validation accuracy {report.best_val_accuracy}% "
                         if ctx.task.kind == "classification" else f", best validation loss {-report.best_val_accuracy} ")

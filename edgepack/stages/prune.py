@@ -90,11 +90,12 @@ class PruneStage(Stage):
             steps, extra = self._structured(model, example, config, ctx, calib_split, finetune, before[1])
         else:
             steps, extra = self._unstructured(model, config, calib, finetune)
+        attention_notes = extra.pop("notes", [])
         t_eval = reference_outputs(ctx.results)
         metrics = model_metrics(model, ctx.data, teacher_out=t_eval, task=ctx.task)
         metrics.update(method=config.method, params_before=before[0], macs_before=before[1],
                        compressed_size_bytes=compressed_size_bytes(model), steps=steps, **extra)
-        notes = [self._summary(config, metrics)]
+        notes = [self._summary(config, metrics), *attention_notes]
         if config.method == "structured" and config.mac_budget is not None:
             notes.append(f"prune: prune.mac_budget = {config.mac_budget} sets how much is cut; prune.ratio is not used")
         if config.method == "unstructured":
@@ -122,7 +123,7 @@ class PruneStage(Stage):
                     pruner.step()
                 check_pruned(model, example, shapes, self.section)
                 steps.append(self._after_cut(model, shape, calib_split.x, step) | finetune(step))
-            return steps, {"ratio": config.ratio}
+            return steps, {"ratio": config.ratio, **self._attention(pruner)}
         # MAC budget: cut in small increments until each step's share of the budget is met.
         increments = 50 * config.steps
         with pruning_guard(model, self.section):
@@ -143,7 +144,16 @@ class PruneStage(Stage):
             raise UsageError(f"prune.mac_budget = {config.mac_budget}: reached only {macs / base_macs:.3f} of the "
                              f"input's MACs with prune.max_layer_ratio = {config.max_layer_ratio} "
                              "(raise it, or the budget)")
-        return steps, {"mac_budget": config.mac_budget, "macs_fraction": round(macs / base_macs, 4)}
+        return steps, {"mac_budget": config.mac_budget, "macs_fraction": round(macs / base_macs, 4),
+                       **self._attention(pruner)}
+
+    @classmethod
+    def _attention(cls, pruner: Any) -> dict[str, Any]:
+        """What was done to attention (pruned by head dimensions, or kept whole and why), for the
+        report, and its note; nothing for a model without attention."""
+        if not pruner.attention:
+            return {}
+        return {**pruner.describe(), "notes": pruner.notes(cls.name)}
 
     @staticmethod
     def _gradients(model: Any, config: PruneConfig, calib: Split) -> None:
