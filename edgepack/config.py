@@ -65,6 +65,9 @@ class QuantizeConfig(Section):
     per_channel: bool = True
     calibration_samples: int = Field(256, ge=1)
     io: Literal["int8", "uint8", "float32"] = "int8"
+    # Conversion routes to try, in order (empty: the target's own order, see `edgepack targets`).
+    # Names of another target's routes are passed over, so one --set serves `--target all`.
+    routes: tuple[str, ...] = ()
 
 
 class ValidateConfig(Section):

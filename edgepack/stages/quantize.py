@@ -34,6 +34,9 @@ class QuantizeStage(Stage):
     def toolchain(self, config, ctx: BuildContext) -> dict[str, str]:
         return target_toolchain(ctx)
 
+    def check(self, config: QuantizeConfig, ctx: BuildContext) -> None:
+        ctx.target.routes(config)         # a misspelt route: exit 2 before anything runs
+
     def run(self, artifact: Artifact, config: QuantizeConfig, ctx: BuildContext) -> StageResult:
         target = ctx.target
         target.check_scheme(config.scheme)

@@ -131,10 +131,7 @@ def export_onnx(model: Any, sample: Arrays, path: Path, opset: int = 17, *,
             raw = model(*args)
             reference = flatten_outputs(raw, type(model).__name__)
             names = list(output_names or arrays_output_names(raw))
-            dynamic = None
-            if dynamic_batch:
-                batch = torch.export.Dim("batch")
-                dynamic = tuple({0: batch} for _ in args)
+            dynamic = batch_dims(args) if dynamic_batch else None
             try:
                 with quiet(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -190,16 +187,31 @@ def _check_with_onnxruntime(path: Path, sample: Arrays, expected: dict[str, np.n
         if have.shape != want.shape:
             raise ConversionError(f"exported ONNX model gives output {name} of shape {list(have.shape)}, torch gives "
                                   f"{list(want.shape)}")
-        if not np.issubdtype(want.dtype, np.floating):
-            if not np.array_equal(have, want):
-                raise ConversionError(f"exported ONNX model differs from torch on the sample in output {name}")
-            continue
-        diff = float(np.max(np.abs(have - want))) if have.size else 0.0
-        if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(want), initial=0.0)):
+        diff = float_diff(have, want, ATOL, RTOL)
+        if diff is None:
             raise ConversionError(f"exported ONNX model differs from torch on the sample in output {name}: "
-                                  f"max |diff| = {diff:.3g}")
+                                  f"max |diff| = {np.max(np.abs(have.astype(float) - want)):.3g}")
         worst = max(worst, diff)
     return worst
+
+
+def batch_dims(args: tuple[Any, ...]) -> tuple[dict[int, Any], ...]:
+    """torch.export dynamic_shapes: dimension 0 of every input is one shared "batch"."""
+    import torch
+
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} for _ in args)
+
+
+def float_diff(have: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> float | None:
+    """The largest abs difference of two outputs, or None when it exceeds atol + rtol * the
+    largest magnitude (or is not finite). Integer outputs must be equal (difference 0)."""
+    if not np.issubdtype(want.dtype, np.floating):
+        return 0.0 if np.array_equal(have, want) else None
+    diff = float(np.max(np.abs(have - want))) if have.size else 0.0
+    if not np.isfinite(diff) or diff > atol + rtol * float(np.max(np.abs(want), initial=0.0)):
+        return None
+    return diff
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

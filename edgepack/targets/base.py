@@ -80,10 +80,16 @@ class Target(ABC):
             raise UsageError("quantize.scheme = 'int8' needs calibration data, and the calibration set is empty")
         return calib
 
+    route_names: ClassVar[tuple[str, ...]] = ()   # its conversion routes, in default order (none: one)
+
     def routes(self, quantize: Any) -> list[str | None]:
         """The conversion routes to try, in order (the stage keeps the first whose file runs and
-        meets the budget). One route, unnamed, unless the adapter has several."""
-        return [None]
+        meets the budget): quantize.routes' names of this target's routes, else all of them."""
+        check_routes(getattr(quantize, "routes", ()))
+        if not self.route_names:
+            return [None]
+        chosen = [r for r in getattr(quantize, "routes", ()) if r in self.route_names]
+        return chosen or list(self.route_names)
 
     @abstractmethod
     def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
@@ -140,6 +146,14 @@ def to_layout(x: np.ndarray, layout: str | None) -> np.ndarray:
     if layout in ("NHWC", "NWC", "NDHWC") and x.ndim == len(layout):
         return np.ascontiguousarray(np.moveaxis(x, 1, -1))
     return x
+
+
+def check_routes(names: Any) -> None:
+    """A route name no target has is a typo: exit 2 naming the routes there are."""
+    known = {r for cls in all_targets().values() for r in cls.route_names}
+    unknown = [r for r in names if r not in known]
+    if unknown:
+        raise UsageError(f"quantize.routes: no target has a route {unknown[0]!r} (routes: {', '.join(sorted(known))})")
 
 
 def _discover() -> None:

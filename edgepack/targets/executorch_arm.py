@@ -40,7 +40,7 @@ from ..artifacts import Artifact, atomic_write_bytes
 from ..errors import ConversionError
 from ..arrays import Arrays, as_arrays, flatten_outputs, head, n_samples, take, to_torch
 from ..arrays import output_names as arrays_output_names
-from ._onnx import INPUT_NAME, OUTPUT_NAME, io_entries, quiet
+from ._onnx import INPUT_NAME, OUTPUT_NAME, batch_dims, io_entries, quiet
 from .base import Target
 
 # torchao (imported by executorch.exir) warns that its CUDA kernels (mxfp8, cutlass) do not
@@ -68,11 +68,10 @@ class ExecuTorchArm(Target):
     export_format = "pt2"
     quantizer = "PT2E with the XNNPACK quantizer (torchao.quantization.pt2e)"
 
-    def routes(self, quantize: Any) -> list[str]:
-        # xnnpack: the XNNPACK delegate takes what it can. portable: no delegate, every op on
-        # ExecuTorch's portable kernels: slower, but it runs a graph the XNNPACK partitioner's
-        # passes cannot lower (seen: a permute before a flatten in ChannelsLastTaggedReshapePass).
-        return ["xnnpack", "portable"]
+    # xnnpack: the XNNPACK delegate takes what it can. portable: no delegate, every op on
+    # ExecuTorch's portable kernels: slower, but it runs a graph the XNNPACK partitioner's
+    # passes cannot lower (seen: a permute before a flatten in ChannelsLastTaggedReshapePass).
+    route_names = ("xnnpack", "portable")
 
     # -- export -------------------------------------------------------------------
     def export(self, model: Any, sample: Arrays | np.ndarray, out_dir: Path, opset: int = 17, *,
@@ -93,10 +92,7 @@ class ExecuTorchArm(Target):
                 raw = model(*args)
                 expected = flatten_outputs(raw, type(model).__name__)
                 names = list(output_names or arrays_output_names(raw))
-                dynamic = None
-                if dynamic_batch:
-                    batch = torch.export.Dim("batch")
-                    dynamic = tuple({0: batch} for _ in args)
+                dynamic = batch_dims(args) if dynamic_batch else None
                 with quiet(), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     try:

@@ -47,7 +47,7 @@ from ..arrays import Arrays, head, n_samples
 from ..artifacts import Artifact
 from ..config import QuantizeConfig
 from ..errors import ConversionError
-from ._onnx import INPUT_NAME, quiet
+from ._onnx import INPUT_NAME, float_diff, quiet
 from .base import Target
 
 # Operations whose second input is a weight: what "layer" means in the notes.
@@ -305,10 +305,11 @@ def _check_against_onnxruntime(model: Any, onnx_path: Path, sample: Arrays) -> f
                                   f"{list(got.shape)}, the ONNX model gives {list(want.shape)}")
         if not np.issubdtype(want.dtype, np.floating):
             continue
-        diff = float(np.max(np.abs(got - want))) if got.size else 0.0
-        if not np.isfinite(diff) or diff > ATOL + RTOL * float(np.max(np.abs(want), initial=0.0)):
+        diff = float_diff(got, want, ATOL, RTOL)
+        if diff is None:
             raise ConversionError(f"target 'openvino-cpu': OpenVINO's conversion differs from the ONNX model "
-                                  f"on a sample in output {i}: max |diff| = {diff:.3g} (f32 precision)")
+                                  f"on a sample in output {i}: max |diff| = "
+                                  f"{np.max(np.abs(got.astype(float) - want)):.3g} (f32 precision)")
         worst = max(worst, diff)
     return worst
 

@@ -1,8 +1,8 @@
 """tflite-int8: ONNX -> onnx2tf (a channel-last Keras model) -> TFLiteConverter -> .tflite,
 or, as the second route, the torch module -> litert-torch -> ai-edge-quantizer (_litert_torch.py).
 
-Routes (quantize.route, quantize.routes): "auto" tries onnx2tf first (the best-tested path
-for CNNs, NHWC) and litert-torch second (attention, LayerNorm, exact GELU, several inputs).
+Routes (quantize.routes; default both): onnx2tf first (the best-tested path for CNNs,
+NHWC), litert-torch second (attention, LayerNorm, exact GELU, several inputs).
 A route fails when its converter fails or when LiteRT cannot load, prepare (XNNPACK
 included) and run one sample of its file (check_litert_runs); the quantize stage keeps the
 first route whose file meets the budget.
@@ -46,12 +46,11 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from ..artifacts import Artifact, atomic_write_bytes
-from ..config import QuantizeConfig
 from ..errors import ConversionError
 from ..arrays import Arrays, n_samples
 from ._onnx import OUTPUT_NAME, quiet
@@ -66,15 +65,6 @@ _FLEX_HINTS = {
 }
 
 
-class TfliteQuantizeConfig(QuantizeConfig):
-    """[quantize] for tflite-int8: the common keys plus the conversion route."""
-
-    # auto: try `routes` in order, keep the first whose file LiteRT loads and runs and whose
-    # metric meets the budget (else the first that converted); or name one route.
-    route: Literal["auto", "onnx2tf", "litert-torch"] = "auto"
-    routes: tuple[Literal["onnx2tf", "litert-torch"], ...] = ("onnx2tf", "litert-torch")
-
-
 class TfliteInt8(Target):
     name = "tflite-int8"
     format = "tflite"
@@ -87,11 +77,7 @@ class TfliteInt8(Target):
                 "onnxruntime")
     quantizer: ClassVar[str] = ("TFLiteConverter post-training quantization (representative dataset); "
                                 "ai-edge-quantizer on the litert-torch route")
-    quantize_config = TfliteQuantizeConfig
-
-    def routes(self, quantize: Any) -> list[str]:
-        route = getattr(quantize, "route", "auto")
-        return list(getattr(quantize, "routes", ("onnx2tf",))) if route == "auto" else [route]
+    route_names = ("onnx2tf", "litert-torch")
 
     # -- convert ----------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,

@@ -46,10 +46,10 @@ def test_qemu_float_tflite_matches_host(qemu_root, models, tmp_path):
 def test_qemu_int8_tflite_matches_host(qemu_root, models, tmp_path):
     arm, host = both(models, models.tflite_int8, "nhwc", tmp_path)
     assert_emulated(arm.result, "tflite_runtime")
-    assert arm.result["io"]["output"]["dtype"] == "int8"
+    assert arm.result["io"]["outputs"][0]["dtype"] == "int8"
     np.testing.assert_array_equal(arm.outputs[0].argmax(1), host.outputs[0].argmax(1))
     # ARM and x86 int8 kernels may round one step apart: at most one output quantum.
-    quantum = arm.result["io"]["output"]["scale"]
+    quantum = arm.result["io"]["outputs"][0]["scale"]
     np.testing.assert_allclose(arm.outputs[0], host.outputs[0], rtol=0, atol=quantum * 1.01)
 
 

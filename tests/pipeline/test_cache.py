@@ -80,7 +80,7 @@ def rebuild(tiny, out: Path, *extra: str) -> str:
 # -- 1. the teacher is keyed on what it is ---------------------------------------------------
 def test_a_factory_that_loads_its_own_checkpoint_is_keyed_on_the_weights(tiny, tmp_path):
     import torch
-    from conftest import TINY_MODEL
+    from tests.conftest import TINY_MODEL
 
     model_py = tmp_path / "own_ckpt.py"
     model_py.write_text(TINY_MODEL + textwrap.dedent('''
