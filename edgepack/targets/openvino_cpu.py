@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..arrays import Arrays, head, n_samples
+from ..arrays import Arrays, as_arrays, head, n_samples
 from ..artifacts import Artifact
 from ..config import QuantizeConfig
 from ..errors import ConversionError
@@ -99,6 +99,8 @@ class OpenVINOCpu(Target):
         if not isinstance(quantize, OpenVINOQuantizeConfig):     # the common section: NNCF's defaults
             quantize = OpenVINOQuantizeConfig(**quantize.model_dump())
         calib = self.convert_inputs(exported, quantize, calibration)
+        if validation is not None:                 # a bare array is the one input's samples
+            validation = (as_arrays(validation[0]), validation[1])
         scheme = quantize.scheme
         notes: list[str] = []
         if quantize.io != "float32" and scheme != "none":
