@@ -154,6 +154,11 @@ class Task:
 
 # -- resolving the task ------------------------------------------------------------------
 
+def classification() -> Task:
+    """Top-1 classification: the task of a context or a training call made without one."""
+    return Task("classification", "top1", True, "%", TaskConfig(kind="classification"))
+
+
 def resolve_task(cfg: TaskConfig, outputs: list[np.ndarray], targets: Any, source: str,
                  metric_spec: str | None = None) -> Task:
     """The task for this model and data: cfg.kind, or for "auto" what the targets say.

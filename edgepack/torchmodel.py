@@ -5,7 +5,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .artifacts import Artifact, atomic_write_bytes
 
@@ -52,6 +51,3 @@ def count_params_macs(module: Any, example: Any) -> tuple[int, int]:
 def fp32_size_bytes(module: Any) -> int:
     return int(sum(t.numel() * t.element_size() for t in module.state_dict().values()))
 
-
-def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
-    return float((outputs.argmax(axis=1) == y).mean() * 100.0)

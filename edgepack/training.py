@@ -23,6 +23,7 @@ from pydantic import Field
 from .arrays import Arrays, as_arrays, flatten_outputs, head, n_samples, take, to_torch
 from .config import Section
 from .errors import UsageError
+from .inputs.data import take_targets
 
 
 # -- the settings every training stage shares -----------------------------------
@@ -160,8 +161,6 @@ def training_data(data: Any, cfg: TrainingConfig, section: str, task: Any = None
     by class for classification).
 
     The evaluation split never enters: it is a different array (ctx.data.evaluation)."""
-    from .inputs.data import take_targets
-
     train = getattr(data, "train", None)
     if train is None or len(train) == 0:
         skip = f"set {section}.enabled = false" + ("" if section == "distill" else
@@ -281,22 +280,13 @@ def _targets_torch(y: Any) -> Any:
     return torch.from_numpy(np.ascontiguousarray(y))
 
 
-def _index(y: Any, idx: Any) -> Any:
-    if y is None:
-        return None
-    if isinstance(y, dict):
-        return {k: v[idx] for k, v in y.items()}
-    return y[idx]
-
-
 def _task(task: Any) -> Any:
     """The classification task when a caller (a stage's test) gives none."""
     if task is not None:
         return task
-    from .config import TaskConfig
-    from .tasks import Task
+    from .tasks import classification
 
-    return Task("classification", "top1", True, "%", TaskConfig(kind="classification"))
+    return classification()
 
 
 def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *,
@@ -354,7 +344,7 @@ def train_kd(student: Any, teacher: Any, data: TrainData, cfg: TrainingConfig, *
                 else:
                     tb = [t[idx] for t in t_all]
                 out = flatten_outputs(student(*xb))
-                loss = task.kd_loss(out, tb, _index(y, idx), cfg.temperature, cfg.alpha)
+                loss = task.kd_loss(out, tb, take_targets(y, idx), cfg.temperature, cfg.alpha)
                 if hints:
                     hl = sum(hint_loss(h.loss, adapt(s_taps.out[h.student], t_taps.out[h.teacher], h.adapter),
                                        t_taps.out[h.teacher]) for h in hints)

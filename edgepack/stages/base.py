@@ -49,10 +49,9 @@ class BuildContext:
 
     def __post_init__(self) -> None:
         if self.task is None:        # a context made by hand (a stage's test): classification
-            from ..config import TaskConfig
-            from ..tasks import Task
+            from ..tasks import classification
 
-            self.task = Task("classification", "top1", True, "%", TaskConfig(kind="classification"))
+            self.task = classification()
 
 
 class Stage(ABC):
