@@ -18,6 +18,7 @@ import numpy as np
 
 from .bundle import inspect_bundle
 from .errors import DeviceError, UsageError
+from .selfcheck import describe
 
 
 @dataclass
@@ -54,7 +55,6 @@ def open_bundle(path: Path, scratch: Path) -> BundleUnderTest:
 def bench_inputs(b: BundleUnderTest, data: str | None) -> tuple[dict[str, np.ndarray], Any, list | None, str]:
     """(inputs in the model's layout, named; targets; the outputs the build's host run gave
     on them, or None; where they came from)."""
-    from .arrays import as_arrays
     from .config import DataConfig
     from .inputs.data import load_data
     from .targets.base import to_layout
@@ -77,13 +77,51 @@ def bench_inputs(b: BundleUnderTest, data: str | None) -> tuple[dict[str, np.nda
     ref = b.root / "reference.npz"
     if not ref.exists():
         raise UsageError(f"{b.path}: no reference.npz and no --data to measure on")
-    with np.load(ref) as z:
+    inputs, expected, y = reference_io(b)
+    return inputs, y, expected, f"{b.path.name}: reference.npz"
+
+
+def reference_io(b: BundleUnderTest) -> tuple[dict[str, np.ndarray], list | None, Any]:
+    """(inputs named as the model's, expected outputs in output order or None, targets) of
+    the bundle's reference.npz."""
+    from .arrays import as_arrays
+
+    with np.load(b.root / "reference.npz") as z:
         files = list(z.files)
-        inputs = {k[2:]: z[k] for k in files if k.startswith("x.")} or as_arrays(z["x"], specs[0]["name"])
+        inputs = {k[2:]: z[k] for k in files if k.startswith("x.")} or as_arrays(z["x"], b.manifest["inputs"][0]["name"])
         expected = [z[k] for k in files if k.startswith("expected.")] or (
             [z["expected_outputs"]] if "expected_outputs" in files else None)
         y = z["y"] if "y" in files else ({k[2:]: z[k] for k in files if k.startswith("y.")} or None)
-    return inputs, y, expected, f"{b.path.name}: reference.npz"
+    return inputs, expected, y
+
+
+def self_check_on(b: BundleUnderTest, device: str, outputs: list[np.ndarray] | None, workdir: Path,
+                  timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The self-check of one device: its outputs on reference.npz's inputs (`outputs`, where
+    the run was on them; else one untimed run here) against the expected ones. Returns the
+    check and the runner's result of the run made here (None when none was)."""
+    from . import selfcheck
+    from .devices import run_on_device
+
+    def refused(why: str) -> tuple[dict[str, Any], None]:
+        return {"self_check": "fail", "why": why, "worst": None, "outputs": []}, None
+
+    if not (b.root / "reference.npz").exists():
+        return refused(f"{b.path} has no reference.npz")
+    inputs, expected, _ = reference_io(b)
+    if expected is None:
+        return refused(f"{b.path}: reference.npz holds no expected outputs")
+    result = None
+    if outputs is None:
+        path = workdir / "reference-inputs.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **inputs)
+        names = [o["name"] for o in b.manifest.get("outputs", [])] or None
+        run = run_on_device(device, b.model, path, warmup=0, runs=1, threads=None, workdir=workdir,
+                            timeout_s=timeout_s, output_names=names)
+        outputs, result = run.outputs, run.result
+    check = selfcheck.compare(outputs, expected, b.manifest.get("outputs", []), selfcheck.tolerance_of(b.manifest))
+    return check, result
 
 
 def score_run(report: dict[str, Any] | None, outputs: list[np.ndarray], y: Any, expected: list | None,
@@ -108,7 +146,7 @@ def score_run(report: dict[str, Any] | None, outputs: list[np.ndarray], y: Any, 
 
 
 def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warmup: int, runs: int,
-              threads: int | None, log: Callable[[str], None] = print) -> dict[str, Any]:
+              threads: int | None, profile: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
     from .devices import load_device, run_on_device
 
     for d in devices:
@@ -131,7 +169,8 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
                                        "inputs": source, "n_inputs": int(len(next(iter(x.values()))))}
                 try:
                     run = run_on_device(dev, b.model, inputs, warmup=warmup, runs=runs, threads=threads,
-                                        workdir=tmp / f"run-{i}", output_names=output_names or None)
+                                        workdir=tmp / f"run-{i}", output_names=output_names or None,
+                                        profile=profile)
                 except DeviceError as e:
                     row["error"] = str(e).splitlines()[0]
                     row["error_detail"] = str(e)
@@ -140,15 +179,22 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
                     continue
                 r = run.result
                 row.update({k: r.get(k) for k in ("arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
-                                                  "init_ms", "latency_ms", "samples_ms", "peak_rss_mb")})
+                                                  "init_ms", "latency_ms", "samples_ms", "peak_rss_mb", "profile")})
                 row.update(score_run(b.report, run.outputs, y, expected, b.manifest.get("outputs", [])))
+                try:
+                    # On --data the timed run saw other inputs: one more run on reference.npz's.
+                    check, _ = self_check_on(b, dev, None if data else run.outputs, tmp / f"check-{i}")
+                except DeviceError as e:
+                    check = {"self_check": "fail", "why": f"the reference run failed: {str(e).splitlines()[0]}",
+                             "worst": None, "outputs": []}
+                row["self_check"], row["self_check_detail"] = check["self_check"], check
                 acc = row.get("accuracy")
                 if dev == "host":
                     host_acc = acc
                 results.append(row)
                 log(f"  p50 {r['latency_ms']['p50']:.3f} ms, {row.get('metric', 'metric')} "
                     + (f"{acc:.2f}" if acc is not None else "–")
-                    + (" (emulated)" if r.get("emulated") else ""))
+                    + (" (emulated)" if r.get("emulated") else "") + f"; self-check {describe(check)}")
             for row in results:
                 if row["bundle"] == b.label and row.get("accuracy") is not None and host_acc is not None:
                     row["accuracy_vs_host_pp"] = round(row["accuracy"] - host_acc, 4)

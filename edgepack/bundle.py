@@ -51,7 +51,10 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
         "batch": "dynamic" if any((i.get("shape") or [1])[0] in (-1, None) for i in inputs) else 1,
         "preprocessing": pre,
         "labels": labels,
+        # The tolerance any device's outputs on reference.npz are held to (edgepack/selfcheck.py).
+        "self_check": settings["validate"].self_check.model_dump(mode="json"),
         "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,
+                    **({"config": dict(target.runtime_config)} if target.runtime_config else {}),
                     **({"alternatives": target.runtime_alternatives} if getattr(target, "runtime_alternatives", None) else {})},
         # Inputs by name and content hash, never by where they lay on the build machine.
         "provenance": strip_paths({

@@ -275,6 +275,37 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(f"all {len(checks)} files match their sha256")
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--device", "devices", multiple=True, help="Also run the self-check on this device (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(bundle: Path, devices, as_json: bool) -> None:
+    """Check a bundle's file hashes and, on each --device, its outputs on reference.npz.
+
+    Exit 2 when a file differs from its manifest sha256; exit 1 when a device cannot run
+    the bundle or its outputs stray from the expected ones beyond the bundle's tolerance.
+
+    \b
+    Example:
+      edgepack verify out/digits-resnet-tflite-int8.zip --device qemu-aarch64
+    """
+    from .verify import verify_bundle
+
+    try:
+        result = verify_bundle(bundle, list(devices), log=(lambda _: None) if as_json else click.echo)
+    except EdgepackError as e:
+        _err(str(e))
+        sys.exit(e.exit_code)
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    for r in result["devices"]:
+        if r["self_check"] != "pass":
+            from .selfcheck import describe
+
+            _err(f"{bundle} on {r['device']}: " + (r.get("error") or f"self-check {describe(r['detail'])}"))
+    sys.exit(0 if result["passed"] else 1)
+
+
 @main.group()
 def device() -> None:
     """Devices the harness can run bundles on (devices/*.toml).
@@ -342,11 +373,14 @@ def device_setup(name: str) -> None:
 @click.option("--warmup", type=click.IntRange(0), default=20, show_default=True)
 @click.option("--runs", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="Default: each device's own setting.")
-def bench(bundles, devices, data, out, warmup, runs, threads) -> None:
+@click.option("--profile", type=click.IntRange(0), default=20, show_default=True,
+              help="Runs with the runtime's per-operator profiler after timing (0: none).")
+def bench(bundles, devices, data, out, warmup, runs, threads, profile) -> None:
     """Run bundles on devices; write bench.json, bench.md and bench.html.
 
-    A device that fails is reported with its reason, the others are still measured,
-    and the exit code is 1.
+    Each device's outputs on the bundle's reference.npz must match the expected ones
+    (the self-check). A device that fails to run or fails its self-check is reported
+    with its reason, the others are still measured, and the exit code is 1.
 
     \b
     Example:
@@ -354,18 +388,19 @@ def bench(bundles, devices, data, out, warmup, runs, threads) -> None:
     """
     from .bench import run_bench
     from .report.bench import write_bench_report
+    from .selfcheck import describe
 
     try:
         result = run_bench(list(bundles), list(devices), data=data, warmup=warmup, runs=runs, threads=threads,
-                           log=click.echo)
+                           profile=profile, log=click.echo)
     except EdgepackError as e:
         _err(str(e))
         sys.exit(e.exit_code)
     paths = write_bench_report(out, result, warmup=warmup, runs=runs)
     click.echo(f"report: {paths['md']}, {paths['html']}, {paths['json']}")
-    failed = [r for r in result["results"] if r.get("error")]
+    failed = [r for r in result["results"] if r.get("error") or r.get("self_check") == "fail"]
     for r in failed:
-        _err(f"{r['bundle']} on {r['device']}: {r['error']}")
+        _err(f"{r['bundle']} on {r['device']}: " + (r.get("error") or f"self-check {describe(r['self_check_detail'])}"))
     sys.exit(1 if failed else 0)
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from .artifacts import sha256_json
 from .errors import UsageError
+from .selfcheck import SelfCheckTolerance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "targets"
@@ -81,6 +82,10 @@ class ValidateConfig(Section):
     runs: int = Field(200, ge=1)
     threads: int = Field(1, ge=1)
     reference_inputs: int = Field(16, ge=1)   # how many eval samples the bundle ships in reference.npz
+    profile_runs: int = Field(20, ge=0)       # runs with the runtime's per-operator profiler after timing (0: none)
+    # How far another device's outputs on reference.npz may stray from the host's
+    # (edgepack/selfcheck.py); written into the manifest for bench and verify.
+    self_check: SelfCheckTolerance = SelfCheckTolerance()
 
 
 class ReferenceConfig(Section):

@@ -18,7 +18,7 @@ from .artifacts import Artifact
 
 def run_artifact(target: Any, artifact: Artifact, device: Any, inputs: Arrays | np.ndarray, workdir: Path, *,
                  warmup: int = 0, runs: int = 1, threads: int | None = 1, timeout_s: float | None = None,
-                 output_names: list[str] | None = None) -> Any:
+                 output_names: list[str] | None = None, profile: int = 0) -> Any:
     """`inputs` in the torch layout, named as the model's inputs; returns the DeviceRun."""
     from .devices import run_on_device
 
@@ -27,7 +27,7 @@ def run_artifact(target: Any, artifact: Artifact, device: Any, inputs: Arrays | 
     save_named(path, target.to_model_layout(as_arrays(inputs), artifact))
     names = output_names or artifact.meta.get("output_names")
     run = run_on_device(device, artifact.path, path, warmup=warmup, runs=runs, threads=threads,
-                        workdir=workdir, timeout_s=timeout_s, output_names=names)
+                        workdir=workdir, timeout_s=timeout_s, output_names=names, profile=profile)
     # Metrics compare with torch: outputs back in its layout (an NHWC map from onnx2tf, say);
     # raw_outputs stay as the file gives them, for the bundle's reference outputs.
     run.raw_outputs = run.outputs

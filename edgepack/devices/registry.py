@@ -60,12 +60,13 @@ def list_devices() -> list[tuple[DeviceConfig, str | None]]:
 
 def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warmup: int, runs: int,
                   threads: int | None, workdir: Path, timeout_s: float | None = None,
-                  extra_files: list[Path] = (), output_names: list[str] | None = None) -> DeviceRun:
+                  extra_files: list[Path] = (), output_names: list[str] | None = None, profile: int = 0) -> DeviceRun:
     """Run `model` on `device` for outputs of every sample in `inputs`, then time it.
 
     Results land in workdir/<device>/ (result.json, outputs.npz: one array per output, in
     `output_names` order when given, else the model's own). `timeout_s`: the runner's
-    wall-clock limit; None: the device file's run_timeout_s.
+    wall-clock limit; None: the device file's run_timeout_s. `profile`: that many more
+    runs with the runtime's per-operator profiler, where it has one (result["profile"]).
     """
     device = load_device(device) if isinstance(device, str) else device
     model, inputs, workdir = Path(model), Path(inputs), Path(workdir)
@@ -94,7 +95,8 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
             placed[RUNNER], "--model", placed[model], "--inputs", placed[inputs],
             "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads or device.threads),
             "--out-json", out_json, "--out-outputs", out_npy, "--runtimes", ",".join(command.runtimes),
-        ] + (["--outputs", ",".join(output_names)] if output_names else [])
+        ] + (["--outputs", ",".join(output_names)] if output_names else []) \
+          + (["--profile", str(profile)] if profile else [])
         done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s or device.run_timeout_s)
         if done.returncode != 0:
             last = tail(done.stderr) or tail(done.stdout)

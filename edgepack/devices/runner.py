@@ -5,14 +5,16 @@ device has (an arm64 Python 3.11 with numpy 1.26 and tflite_runtime in the emula
 It imports the standard library, numpy and one runtime only: never edgepack.
 
     python runner.py --model M --inputs X.npz --warmup W --runs N --threads T \
-        --out-json R.json --out-outputs O.npz [--outputs a,b] [--runtimes ai_edge_litert,tflite_runtime,...]
+        --out-json R.json --out-outputs O.npz [--outputs a,b] [--profile P] [--runtimes ai_edge_litert,...]
 
 The inputs file holds one array per model input, named as the model names them, each in
 its own dtype (int64 ids stay int64). Every sample is run once, batch 1, for the outputs
 (float inputs are quantized with the input's scale and zero point when the model takes
 int8/uint8; int8/uint8 outputs are dequantized; other dtypes pass as they are), written
 one array per output to O.npz; then `warmup` untimed and `runs` timed invocations on the
-first sample, each timed alone with time.perf_counter_ns.
+first sample, each timed alone with time.perf_counter_ns; then, with --profile P, P more
+runs with the runtime's per-operator profiler where it has one (OpenVINO's performance
+counters), reported as "profile" in the JSON.
 """
 from __future__ import annotations
 
@@ -260,8 +262,13 @@ class OpenVINOSession:
         version = ov.get_version() if hasattr(ov, "get_version") else ov.__version__
         self.runtime = {"name": "openvino", "version": version}
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(model), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        # f32 everywhere: the CPU plugin's default is f16 on ARM and bf16 on AMX Xeons, whose
+        # outputs stray far from the ones the bundle was validated with (seen: 29% of the
+        # output range for an int8 detector on ARM). The manifest tells app teams the same.
+        self.core, self.model = core, core.read_model(model)
+        self.config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                       "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = core.compile_model(self.model, "CPU", self.config)
         # On ARM the CPU plugin may run in f16 by default: say which precision ran.
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         self.runtime["inference_precision"] = getattr(precision, "to_string", precision.__str__)()
@@ -284,6 +291,25 @@ class OpenVINOSession:
 
     def outputs(self) -> list:
         return [np.array(self.request.get_output_tensor(i).data) for i in range(len(self.out_ports))]
+
+    def profile(self, xs: list, n: int) -> dict:
+        """The CPU plugin's performance counters, averaged over n runs of a second compile
+        with PERF_COUNT on (so the timed runs carry no counting overhead)."""
+        import openvino as ov
+
+        request = self.core.compile_model(self.model, "CPU", dict(self.config, PERF_COUNT=True)).create_infer_request()
+        for i, (x, t) in enumerate(zip(xs, self.in_types)):
+            request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(x.astype(t, copy=False))))
+        totals: dict = {}
+        for _ in range(n):
+            request.infer()
+            for info in request.get_profiling_info():
+                if info.status == info.Status.EXECUTED:
+                    key = (info.node_name, info.node_type, info.exec_type)
+                    totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1e3
+        ops = [{"name": name, "type": f"{kind} ({impl})", "ms": ms / n, "calls": 1}
+               for (name, kind, impl), ms in totals.items()]
+        return {"source": "openvino-perf-counters", "runs": n, "ops": sorted(ops, key=lambda o: -o["ms"])}
 
 
 def _ov_name(port, index: int, kind: str) -> str:
@@ -410,6 +436,10 @@ def run(args) -> dict:
         session.invoke()
         samples.append((time.perf_counter_ns() - t) / 1e6)
 
+    profile = None
+    if args.profile and hasattr(session, "profile"):
+        profile = session.profile([x[:1] for x in inputs], args.profile)
+
     return {
         "schema": SCHEMA,
         "runtime": session.runtime,
@@ -428,6 +458,8 @@ def run(args) -> dict:
         "n_inputs": int(n_samples),
         "outputs": list(wanted),
         "io": session.io,
+        # Per-operator times where the runtime reports them (None where it cannot).
+        "profile": profile,
     }
 
 
@@ -442,11 +474,13 @@ def parse_args(argv=None):
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-outputs", required=True, help=".npz to write, one array per output")
     p.add_argument("--outputs", default="", help="output names, in order (default: the model's own)")
+    p.add_argument("--profile", type=int, default=0,
+                   help="after timing, this many more runs with per-operator profiling where the runtime has it")
     p.add_argument("--runtimes", default=",".join(DEFAULT_RUNTIMES),
                    help="runtimes to try, in order of preference (comma-separated module names)")
     args = p.parse_args(argv)
-    if args.warmup < 0 or args.runs < 1 or args.threads < 1:
-        p.error("--warmup must be >= 0, --runs and --threads >= 1")
+    if args.warmup < 0 or args.runs < 1 or args.threads < 1 or args.profile < 0:
+        p.error("--warmup and --profile must be >= 0, --runs and --threads >= 1")
     return args
 
 

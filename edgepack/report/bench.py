@@ -10,10 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import op_profile
 from .labels import metric_label
 
 from .. import __version__
 from ..artifacts import atomic_write_json, atomic_write_text
+from .. import selfcheck
 
 SCHEMA = "edgepack.bench/1"
 EMULATED_NOTE = "Emulated timings (qemu) compare only with other emulated timings, never with hardware."
@@ -90,23 +92,24 @@ def _md(doc: dict[str, Any], plots: list[str]) -> str:
     lines = ["# Device benchmark", "", f"edgepack {doc['edgepack_version']}, {doc['created_at']}; "
              f"warm-up {doc['warmup']}, runs {doc['runs']}.", "",
              "| bundle | device | arch | emulated | runtime | threads | init ms | p50 ms | p90 ms | p99 ms | "
-             "peak RSS MB | metric | vs host |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "peak RSS MB | metric | vs host | self-check |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in doc["results"]:
         if r.get("error"):
-            lines.append(f"| {r['bundle']} | {r['device']} | | | failed: {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['bundle']} | {r['device']} | | | failed: {r['error']} | | | | | | | | | |")
             continue
         lat, rt = r["latency_ms"], r.get("runtime") or {}
         lines.append(f"| {r['bundle']} | {r['device']} | {r.get('arch')} | {'**yes**' if r.get('emulated') else 'no'} | "
                      f"{rt.get('name')} {rt.get('version')} | {r.get('threads')} | {r.get('init_ms', 0):.1f} | "
                      f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {r.get('peak_rss_mb', 0):.1f} | "
-                     f"{_metric(r)} | {r.get('accuracy_vs_host_pp', '–')} |")
+                     f"{_metric(r)} | {r.get('accuracy_vs_host_pp', '–')} | {selfcheck.cell(r)} |")
     cpus = sorted({(r["device"], (r.get("cpu") or {}).get("model", "?"), " ".join((r.get("cpu") or {}).get("isa", [])))
                    for r in doc["results"] if not r.get("error")})
     lines += [""] + [f"- {d}: {m} ({isa})" for d, m, isa in cpus]
     if any(r.get("emulated") for r in doc["results"]):
         lines += ["", f"> {EMULATED_NOTE}"]
-    lines += [""] + [f"![{p}]({p})" for p in plots]
+    lines += [""] + [f"![{p}]({p})" for p in plots if not p.startswith("ops-")]
+    lines += op_profile.markdown(doc["results"], [p for p in plots if p.startswith("ops-")])
     return "\n".join(lines) + "\n"
 
 
@@ -123,9 +126,11 @@ def _html(doc: dict[str, Any], pngs: dict[str, bytes]) -> str:
                     f"<td>{html.escape(r['device'])}</td><td>{r.get('arch')}</td><td>{emu}</td>"
                     f"<td>{html.escape(str((r.get('cpu') or {}).get('model')))}</td>"
                     f"<td>{r.get('init_ms', 0):.1f}</td><td>{lat['p50']:.3f}</td><td>{lat['p99']:.3f}</td>"
-                    f"<td>{r.get('peak_rss_mb', 0):.1f}</td><td>{html.escape(_metric(r))}</td></tr>")
+                    f"<td>{r.get('peak_rss_mb', 0):.1f}</td><td>{html.escape(_metric(r))}</td>"
+                    f"<td>{html.escape(selfcheck.cell(r))}</td></tr>")
     imgs = "".join(f"<figure><img alt='{n}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
                    f"<figcaption>{n}</figcaption></figure>" for n, b in pngs.items())
+    ops = op_profile.html_tables(doc["results"])
     note = f"<p class=note>{EMULATED_NOTE}</p>" if any(r.get("emulated") for r in doc["results"]) else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgepack device benchmark</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
@@ -135,7 +140,7 @@ tr.emulated{{background:#fdeaea}}tr.failed{{background:#fbd0d0}}.emu{{color:#b00
 <h1>Device benchmark</h1><p>edgepack {doc['edgepack_version']}, {doc['created_at']}; warm-up {doc['warmup']},
 runs {doc['runs']}.</p>{note}
 <table><tr><th>bundle</th><th>device</th><th>arch</th><th>emulated</th><th>cpu</th><th>init ms</th><th>p50 ms</th>
-<th>p99 ms</th><th>peak RSS MB</th><th>accuracy %</th></tr>{''.join(rows)}</table>{imgs}</body></html>
+<th>p99 ms</th><th>peak RSS MB</th><th>metric</th><th>self-check</th></tr>{''.join(rows)}</table>{ops}{imgs}</body></html>
 """
 
 
@@ -144,8 +149,9 @@ def write_bench_report(out: Path, bench: dict[str, Any], *, warmup: int, runs: i
     doc = {"schema": SCHEMA, "edgepack_version": __version__,
            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "warmup": warmup, "runs": runs, **bench,
-           "failed": [f"{r['bundle']} @ {r['device']}" for r in bench["results"] if r.get("error")]}
-    pngs = _plots(doc)
+           "failed": [f"{r['bundle']} @ {r['device']}" for r in bench["results"]
+                      if r.get("error") or r.get("self_check") == "fail"]}
+    pngs = {**_plots(doc), **op_profile.plots(doc["results"])}
     for name, data in pngs.items():
         (out / name).write_bytes(data)
     atomic_write_json(out / "bench.json", doc)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import selfcheck
+from . import op_profile
 from .labels import metric_label
 
 
@@ -63,13 +65,13 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {s['name']} | {s['status']} | {_n(s['seconds'], '{:.2f}')} | {_n(s['params'])} | "
                      f"{_n(s['macs'])} | {_kb(s['size_bytes'])} | {_n(s['accuracy'], '{:.2f}')} |")
     lines += ["", "## Devices", "", "| device | model | arch | emulated | threads | init ms | p50 ms | p90 ms | "
-              f"p99 ms | mean ± std ms | peak RSS MB | {label} |",
-              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              f"p99 ms | mean ± std ms | peak RSS MB | {label} | self-check |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     rows = [("bundle", d) for d in r["devices"]]
     rows += [("reference", d) for d in (r["reference"] or {}).get("devices", [])]
     for which, d in rows:
         if d.get("error"):
-            lines.append(f"| {d['name']} | {which} | – | – | – | – | failed: {d['error']} | | | | | |")
+            lines.append(f"| {d['name']} | {which} | – | – | – | – | failed: {d['error']} | | | | | | |")
             continue
         lat = d.get("latency_ms") or {}
         lines.append(f"| {d['name']} | {which} | {d.get('arch', '–')} | {'yes' if d.get('emulated') else 'no'} | "
@@ -77,7 +79,7 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
                      f"{_lat(d, 'p90')} | {_lat(d, 'p99')} | "
                      f"{_n(lat.get('mean'), '{:.3f}')} ± {_n(lat.get('std'), '{:.3f}')} | "
                      f"{_n(d.get('peak_rss_mb'), '{:.1f}')} | {_n(d.get('accuracy'), '{:.2f}')}"
-                     f"{' **over budget**' if d.get('gate_failed') else ''} |")
+                     f"{' **over budget**' if d.get('gate_failed') else ''} | {selfcheck.cell(d) if which == 'bundle' else ''} |")
     cpus = {(d.get("name"), (d.get("cpu") or {}).get("model"), " ".join((d.get("cpu") or {}).get("isa", [])))
             for d in r["devices"] if not d.get("error")}
     for name, model, isa in sorted(cpus, key=str):
@@ -98,6 +100,9 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
               f"{r['data']['calibration_samples']} calibration / "
               f"{r['data']['evaluation_samples']} evaluation samples ({r['data']['split'].get('method')})",
               f"- recipe hash: `{r['recipe_hash']}`, edgepack {r['edgepack_version']}, {r['created_at']}", ""]
+    lines += op_profile.markdown(r["devices"], plots) + [""]
     for p in plots:
-        lines += [f"![{p}]({p})", ""]
+        if not p.startswith("ops-"):
+            lines += [f"![{p}]({p})", ""]
     return "\n".join(lines)
+

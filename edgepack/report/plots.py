@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import op_profile
 from .labels import metric_label
 
 
@@ -76,4 +77,7 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
         fig.savefig(folder / "latency.png", dpi=110)
         plt.close(fig)
         names.append("latency.png")
+    for name, png in op_profile.plots(r["devices"]).items():
+        (folder / name).write_bytes(png)
+        names.append(name)
     return names

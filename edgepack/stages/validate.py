@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import selfcheck
 from ..arrays import take
 from ..artifacts import Artifact
 from ..config import ValidateConfig
@@ -24,7 +25,7 @@ from .base import BuildContext, Stage, StageResult, target_toolchain
 def _device_entry(run, name: str) -> dict:
     r = run.result
     keep = ("device", "transport", "arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
-            "init_ms", "latency_ms", "samples_ms", "peak_rss_mb")
+            "init_ms", "latency_ms", "samples_ms", "peak_rss_mb", "profile")
     entry = {k: r.get(k) for k in keep}
     entry["name"] = name
     return entry
@@ -42,9 +43,10 @@ def gate_devices(ok: list[dict], gate_dev: dict | None) -> list[str]:
         if g.get("value") is not None and gate_dev.get("accuracy") is not None:
             d["accuracy_vs_gate"] = round(g["value"] - gate_dev["accuracy"], 6)
         if not g["passed"]:
-            d["gate_failed"] = f"{g.get('why') or g['metric'] + ' out of budget'} (against {gate_dev['name']}: " \
-                               f"{gate_dev['accuracy']})"
-            notes.append(f"device {d['name']}: {d['gate_failed']}")
+            msg = f"{g.get('why') or g['metric'] + ' out of budget'} (against {gate_dev['name']}: " \
+                  f"{gate_dev['accuracy']})"
+            d["gate_failed"] = f"{d['gate_failed']}; {msg}" if d.get("gate_failed") else msg
+            notes.append(f"device {d['name']}: {msg}")
     return notes
 
 
@@ -118,7 +120,7 @@ class ValidateStage(Stage):
             return entry
 
         devices, ref_devices, notes = [], [], []
-        host_outputs = None
+        raw: dict[str, list] = {}            # device name -> its outputs, as the file gives them
         from ..devices import load_device
 
         for spec in config.devices:
@@ -126,14 +128,14 @@ class ValidateStage(Stage):
             name = device.name
             wd = ctx.workdir / name
             try:
-                run = run_artifact(ctx.target, artifact, device, ev.x, wd / "artifact", **timing)
+                run = run_artifact(ctx.target, artifact, device, ev.x, wd / "artifact", **timing,
+                                   profile=config.profile_runs)
             except DeviceError as e:
                 devices.append({"name": name, "error": str(e)})
                 notes.append(f"device {name} failed: {e}")
                 continue
             devices.append(scored(run, name))
-            if host_outputs is None:
-                host_outputs = run.raw_outputs if run.raw_outputs is not None else run.outputs
+            raw[name] = run.raw_outputs if run.raw_outputs is not None else run.outputs
             if reference is not None:
                 try:
                     ref_devices.append(scored(run_artifact(ctx.target, reference, device, ev.x, wd / "reference",
@@ -141,6 +143,26 @@ class ValidateStage(Stage):
                 except DeviceError as e:
                     ref_devices.append({"name": name, "error": str(e)})
                     notes.append(f"reference on device {name} failed: {e}")
+
+        # The host's outputs become the bundle's expected ones (reference.npz); every other
+        # device must give them back on those inputs (the self-check), whatever its accuracy.
+        source = "host" if "host" in raw else next(iter(raw), None)
+        host_outputs = raw.get(source)
+        n = min(config.reference_inputs, len(ev))
+        by_name = {o["name"]: o for o in ctx.target.io_details(artifact)["outputs"]} if len(raw) > 1 else {}
+        specs = [by_name.get(o, {"name": o}) for o in ctx.output_names]
+        for d in devices:
+            if "error" in d:
+                continue
+            if d["name"] == source:
+                d["self_check"] = "reference"
+                continue
+            check = selfcheck.compare([o[:n] for o in raw[d["name"]]], [o[:n] for o in host_outputs], specs,
+                                      config.self_check)
+            d["self_check"], d["self_check_detail"] = check["self_check"], check
+            if check["self_check"] == "fail":
+                d["gate_failed"] = f"self-check against {source}: {selfcheck.describe(check)}"
+                notes.append(f"device {d['name']}: {d['gate_failed']}")
 
         ok = [d for d in devices if "error" not in d]
         gate_dev = next((d for d in ok if d["name"] == "host"), ok[0] if ok else None)
@@ -164,7 +186,6 @@ class ValidateStage(Stage):
 
         extras = {}
         if host_outputs is not None:
-            n = min(config.reference_inputs, len(ev))
             path = ctx.workdir / "reference.npz"
             arrays = {f"x.{k}": v for k, v in ctx.target.to_model_layout(take(ev.x, slice(0, n)), artifact).items()}
             arrays.update({f"expected.{k}": v[:n] for k, v in zip(ctx.output_names, host_outputs)})

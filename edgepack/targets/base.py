@@ -28,6 +28,8 @@ class Target(ABC):
     format: ClassVar[str]            # file format of the artifact: "tflite", "openvino", "pte"
     runtime: ClassVar[str]           # the runtime package that loads it on a device
     runtime_min_version: ClassVar[str] = ""
+    # Settings the runtime was run with when the bundle was validated, for app teams to use too.
+    runtime_config: ClassVar[dict[str, str]] = {}
     requires: ClassVar[tuple[str, ...]] = ()   # importable module names of the toolchain
     export_format: ClassVar[str] = "onnx"      # Artifact.kind that export() makes and convert() takes
     schemes: ClassVar[tuple[str, ...]] = ("int8", "dynamic", "none")

@@ -38,7 +38,7 @@ import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -76,6 +76,9 @@ class OpenVINOCpu(Target):
     format = "openvino"
     runtime = "openvino"
     runtime_min_version = "2026.4"    # the version that validated it; IR v11
+    # The runner compiles with f32: the CPU plugin's default (f16 on ARM, bf16 on AMX) gives
+    # other outputs than the ones validated.
+    runtime_config: ClassVar[dict[str, str]] = {"INFERENCE_PRECISION_HINT": "f32"}
     # onnx, onnxscript, onnxruntime: the ONNX export (torch.onnx's dynamo exporter) and its check.
     requires = ("openvino", "nncf", "onnx", "onnxscript", "onnxruntime")
     quantize_config = OpenVINOQuantizeConfig

@@ -13,9 +13,8 @@ def multi(tiny, out, *targets, factory="make_model", extra=()):
     return edgepack(*args, check=False)
 
 
-def test_target_all_writes_three_bundles_and_a_comparison(tiny, tmp_path):
-    out = tmp_path / "out"
-    res = multi(tiny, out, "all")
+def test_target_all_writes_three_bundles_and_a_comparison(tiny_all):
+    out, res = tiny_all
     assert res.returncode == 0, res.stdout + res.stderr
     for target, model in (("tflite-int8", "model.tflite"), ("openvino-cpu", "model.xml"),
                           ("executorch-arm", "model.pte")):

@@ -1,0 +1,167 @@
+"""The self-check: a bundle whose file was changed after it was measured fails on every
+device that runs it, even when its manifest hashes were re-signed to match."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TARGETS = {"tflite-int8": "model.tflite", "openvino-cpu": "model.bin", "executorch-arm": "model.pte"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgepack.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+# -- one weight, changed in place, per format --------------------------------------------
+
+
+def _largest_tflite_buffer(data: bytes) -> tuple[int, int, str]:
+    """(offset in the file, size, dtype) of the largest constant tensor's data."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    best = None
+    for t in range(graph.TensorsLength()):
+        tensor = graph.Tensors(t)
+        buf = model.Buffers(tensor.Buffer())
+        if buf is None:
+            continue
+        if buf.DataLength():
+            raw = buf.DataAsNumpy()
+            offset = raw.__array_interface__["data"][0] - np.frombuffer(data, np.uint8).__array_interface__["data"][0]
+            size = raw.size
+        elif buf.Offset():                        # large models keep buffers after the flatbuffer
+            offset, size = buf.Offset(), buf.Size()
+        else:
+            continue
+        if best is None or size > best[1]:
+            best = (offset, size, names[tensor.Type()].lower())
+    return best
+
+
+def _largest_ir_const(xml: str) -> tuple[int, int, str]:
+    consts = re.findall(r'<layer [^>]*type="Const"[^>]*>\s*<data ([^/]*)/>', xml)
+    best = None
+    for attrs in consts:
+        a = dict(re.findall(r'(\w+)="([^"]*)"', attrs))
+        if best is None or int(a["size"]) > best[1]:
+            best = (int(a["offset"]), int(a["size"]), a["element_type"])
+    return best
+
+
+def _largest_pte_weights(data: bytes) -> tuple[int, int, str]:
+    """The largest blob of named data (XNNPACK weights) or delegate payload in a .pte."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = deserialize_pte_binary(data)
+    blobs = [bytes(b) for b in (getattr(pte, "named_data", None) and pte.named_data.buffers or [])]
+    blobs = [getattr(b, "buffer", b) for b in blobs] or [bytes(d.data) for d in pte.program.backend_delegate_data]
+    blob = max(blobs, key=len)
+    offset = data.find(blob)
+    assert offset >= 0 and data.find(blob, offset + 1) < 0, "the weights blob is not found once in the .pte"
+    # A weights blob of int8 values: change one in the middle of it.
+    return offset + len(blob) // 2, 1, "int8"
+
+
+def corrupt_one_weight(tree: Path, model_file: str) -> str:
+    """Negate the largest-magnitude value of the largest weight tensor in place, then write
+    the new sha256 into manifest.json: only the numbers differ. Returns what changed."""
+    path = tree / model_file
+    data = bytearray(path.read_bytes())
+    if model_file.endswith(".tflite"):
+        offset, size, dtype = _largest_tflite_buffer(bytes(data))
+    elif model_file.endswith(".bin"):
+        offset, size, dtype = _largest_ir_const((tree / "model.xml").read_text())
+    else:
+        offset, size, dtype = _largest_pte_weights(bytes(data))
+    np_dtype = {"int8": np.int8, "i8": np.int8, "u8": np.uint8, "uint8": np.uint8, "float32": np.float32,
+                "f32": np.float32, "f16": np.float16, "float16": np.float16, "int32": np.int32, "i32": np.int32}[dtype]
+    values = np.frombuffer(bytes(data[offset:offset + size]), np_dtype).copy()
+    i = int(np.abs(values.astype(np.float64)).argmax())
+    before = values[i]
+    values[i] = -values[i] if values[i] != 0 else np_dtype(50)
+    if np_dtype is np.uint8:
+        values[i] = 255 - before
+    data[offset:offset + size] = values.tobytes()
+    path.write_bytes(bytes(data))
+    manifest = json.loads((tree / "manifest.json").read_text())
+    manifest["files"][model_file] = hashlib.sha256(bytes(data)).hexdigest()
+    (tree / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return f"{model_file}: {dtype} weight {i} of {size // np.dtype(np_dtype).itemsize}: {before} -> {values[i]}"
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_all) -> dict[str, Path]:
+    out, res = tiny_all
+    assert res.returncode == 0, res.stdout + res.stderr
+    return {t: out / f"tiny_net-{t}" for t in TARGETS}
+
+
+def test_every_build_records_its_self_check_tolerance(bundles):
+    for target, tree in bundles.items():
+        manifest = json.loads((tree / "manifest.json").read_text())
+        assert set(manifest["self_check"]) == {"rtol", "atol", "int8_steps"}, target
+        report = json.loads((tree / "report.json").read_text())
+        host = next(d for d in report["devices"] if d["name"] == "host")
+        assert host["self_check"] == "reference"            # its outputs are reference.npz's
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_verify_passes_an_untouched_bundle_and_fails_one_changed_weight(bundles, target, tmp_path):
+    res = cli("verify", str(bundles[target]), "--device", "host", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["passed"] and doc["devices"][0]["self_check"] == "pass"
+    assert doc["devices"][0]["detail"]["worst"]["max_abs_error"] == 0      # the same file on the same runtime
+
+    tree = tmp_path / bundles[target].name
+    shutil.copytree(bundles[target], tree)
+    what = corrupt_one_weight(tree, TARGETS[target])
+    assert cli("inspect", str(tree)).returncode == 0, "the re-signed hashes should match"
+    res = cli("verify", str(tree), "--device", "host", "--json")
+    assert res.returncode == 1, f"{what}\n{res.stdout}\n{res.stderr}"
+    doc = json.loads(res.stdout)
+    row = doc["devices"][0]
+    assert row["self_check"] == "fail", what
+    worst = row["detail"]["worst"]
+    assert worst["max_abs_error"] > worst["allowed"] and worst["mismatched"] > 0
+    assert f"self-check fail (worst {worst['output']}: max |error|" in res.stderr
+
+
+def test_verify_refuses_a_changed_file_before_running_anything(bundles, tmp_path):
+    tree = tmp_path / "b"
+    shutil.copytree(bundles["tflite-int8"], tree)
+    corrupt_one_weight(tree, "model.tflite")
+    manifest = json.loads((tree / "manifest.json").read_text())
+    manifest["files"]["model.tflite"] = "0" * 64                 # hashes not re-signed
+    (tree / "manifest.json").write_text(json.dumps(manifest))
+    res = cli("verify", str(tree), "--device", "host")
+    assert res.returncode == 2 and "model.tflite" in res.stderr, res.stderr
+
+
+def test_bench_fails_a_device_whose_self_check_fails(bundles, tmp_path):
+    tree = tmp_path / bundles["openvino-cpu"].name
+    shutil.copytree(bundles["openvino-cpu"], tree)
+    corrupt_one_weight(tree, "model.bin")
+    out = tmp_path / "bench"
+    res = cli("bench", str(bundles["openvino-cpu"]), str(tree), "--device", "host", "--out", str(out), "--runs", "3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    doc = json.loads((out / "bench.json").read_text())
+    good, bad = doc["results"]
+    assert good["self_check"] == "pass" and bad["self_check"] == "fail"
+    assert doc["failed"] == [f"{bad['bundle']} @ host"]
+    md = (out / "bench.md").read_text()
+    assert "**FAIL**" in md
+    # OpenVINO's performance counters: the slowest operators, with a chart
+    assert good["profile"]["source"] == "openvino-perf-counters" and good["profile"]["ops"]
+    assert "### Slowest operators" in md and any(p.name.startswith("ops-") for p in out.iterdir())
