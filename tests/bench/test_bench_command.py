@@ -40,6 +40,7 @@ def test_bench_on_host_and_emulator_writes_three_reports(qemu_root, bundle, tmp_
     assert qemu["arch"] == "aarch64" and qemu["emulated"] is True
     assert qemu["accuracy"] == rows["host"]["accuracy"] and qemu["accuracy_vs_host_pp"] == 0
     assert rows["host"]["sqnr_db"] >= 40      # the same file on the same runtime: the outputs the build saw
+    assert rows["host"]["self_check"] == "pass" and qemu["self_check"] == "pass"
     assert len(qemu["samples_ms"]) == 10 and qemu["n_inputs"] == 16      # the bundle's reference.npz
     html = (out / "bench.html").read_text()
     assert "EMULATED" in html and "data:image/png;base64," in html

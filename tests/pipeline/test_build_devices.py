@@ -24,6 +24,9 @@ def test_build_validates_on_the_emulator_with_the_hosts_accuracy(qemu_root, tiny
     assert devices["host"]["emulated"] is False
     # int8 kernels on ARM and on x86 agree on every evaluation sample of this model
     assert arm["accuracy"] == devices["host"]["accuracy"] and arm["accuracy_vs_gate"] == 0
+    # ... and the ARM run gives back the host's outputs on reference.npz (the self-check)
+    assert devices["host"]["self_check"] == "reference" and arm["self_check"] == "pass"
+    assert arm["self_check_detail"]["worst"]["max_abs_error"] <= arm["self_check_detail"]["worst"]["allowed"]
     ref = {d["name"]: d for d in r["reference"]["devices"]}
     assert ref["qemu-aarch64"]["emulated"] is True and ref["qemu-aarch64"]["latency_ms"]["p50"] > 0
     assert "qemu-aarch64" in r["ratios"]["latency_p50"]
