@@ -1,11 +1,18 @@
 """Shared fixtures: a tiny real model file, its weights and a learnable data set."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The suite runs on two pytest-xdist workers (pyproject's addopts), one per core: one
+# intra-op thread each, for them and the builds they start, or torch's OpenMP threads
+# spin against each other (seen: distillation ten times slower on a busy 2-core box).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY_MODEL = textwrap.dedent('''
     import torch

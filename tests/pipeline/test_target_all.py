@@ -1,4 +1,5 @@
-"""The self-check: a bundle whose file was changed after it was measured fails on every
+"""One build for every target (`-t all`): three bundles and a comparison report; and the
+self-check on each: a bundle whose file was changed after it was measured fails on every
 device that runs it, even when its manifest hashes were re-signed to match."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_build import FAST, edgepack      # its sibling: pytest puts this folder on sys.path
 
 TARGETS = {"tflite-int8": "model.tflite", "openvino-cpu": "model.bin", "executorch-arm": "model.pte"}
 
@@ -98,6 +100,41 @@ def corrupt_one_weight(tree: Path, model_file: str) -> str:
     manifest["files"][model_file] = hashlib.sha256(bytes(data)).hexdigest()
     (tree / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return f"{model_file}: {dtype} weight {i} of {size // np.dtype(np_dtype).itemsize}: {before} -> {values[i]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_all(tiny, tmp_path_factory) -> tuple[Path, object]:
+    """`edgepack build -t all` of the tiny model: (out folder, the finished process)."""
+    out = tmp_path_factory.mktemp("all") / "out"
+    res = edgepack("build", "-t", "all", "--model", f"{tiny['model']}:make_model", "--weights", str(tiny["weights"]),
+                   "--data", str(tiny["data"]), "--out", str(out), *FAST, check=False)
+    return out, res
+
+
+def test_target_all_writes_three_bundles_and_a_comparison(tiny_all):
+    out, res = tiny_all
+    assert res.returncode == 0, res.stdout + res.stderr
+    for target, model in (("tflite-int8", "model.tflite"), ("openvino-cpu", "model.xml"),
+                          ("executorch-arm", "model.pte")):
+        assert (out / f"tiny_net-{target}.zip").is_file()
+        manifest = json.loads((out / f"tiny_net-{target}" / "manifest.json").read_text())
+        assert manifest["target"] == target and manifest["model"] == model
+    doc = json.loads((out / "comparison.json").read_text())
+    assert doc["schema"] == "edgepack.comparison/1" and doc["exit_code"] == 0
+    rows = {r["target"]: r for r in doc["targets"]}
+    assert set(rows) == {"tflite-int8", "openvino-cpu", "executorch-arm"}
+    for r in rows.values():
+        assert r["status"] == "passed" and r["scheme"] == "int8" and r["p50_ms"] > 0
+        # (no size ratio asserted: on a 1.5 K-parameter model the quantization metadata outweighs the weights)
+        assert r["reference"]["size_bytes"] > 0 and r["reference"]["p50_ms"] > 0
+    # The profile's accuracy control ran on the labeled calibration split (never the evaluation split).
+    assert any(n.startswith("NNCF accuracy control on ") for n in rows["openvino-cpu"]["notes"])
+    ov = json.loads((out / "tiny_net-openvino-cpu" / "report.json").read_text())
+    control = next(s for s in ov["stages"] if s["name"] == "quantize")["details"]["accuracy_control_data"]
+    assert control["disjoint_from"] == ["the calibration draw", "the evaluation split"] and control["samples"] > 0
+    md = (out / "comparison.md").read_text()
+    assert "| executorch-arm | passed |" in md and "comparison.png" in md
+    assert (out / "comparison.png").stat().st_size > 0
 
 
 @pytest.fixture(scope="module")
