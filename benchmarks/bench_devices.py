@@ -9,7 +9,8 @@ and the reference run through the same device runner on every device: on-device
 accuracy on the whole evaluation split, then warm-up and timed runs. Emulated timings
 (qemu) are comparable only with each other, never with the host's or a real board's; a
 target whose runtime does not run under the emulator is listed with the reason. Prints a
-table and writes benchmarks/results/devices.json.
+table (with each bundle's self-check against the host's outputs, and the five slowest
+operators where the runtime profiles them) and writes benchmarks/results/devices.json.
 """
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def device_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 row.update(arch=d.get("arch"), emulated=d.get("emulated"), cpu=d.get("cpu"), runtime=d.get("runtime"),
                            accuracy=d["accuracy"], p50_ms=d["latency_ms"]["p50"], p90_ms=d["latency_ms"]["p90"],
-                           init_ms=d["init_ms"], peak_rss_mb=d.get("peak_rss_mb"), runs=d.get("runs"))
+                           init_ms=d["init_ms"], peak_rss_mb=d.get("peak_rss_mb"), runs=d.get("runs"),
+                           self_check=d.get("self_check"),
+                           top_ops=[{k: o[k] for k in ("name", "type", "ms")}
+                                    for o in ((d.get("profile") or {}).get("ops") or [])[:5]])
             rows.append(row)
     return rows
 
@@ -68,14 +72,20 @@ def main() -> None:
     for name, (arch, cpu) in cpus.items():
         print(f"{name:<14} {arch:<8} {cpu['model']}  ISA: {' '.join(cpu.get('isa', []))}")
     print(f"\n{'target':<16}{'model':<16}{'device':<14}{'emulated':>9}{'acc %':>8}{'init ms':>9}{'p50 ms':>10}"
-          f"{'p90 ms':>10}{'RSS MB':>8}")
+          f"{'p90 ms':>10}{'RSS MB':>8}  self-check")
     for x in rows:
         head = f"{x['target']:<16}{x['model']:<16}{x['device']:<14}"
         if "error" in x:
             print(f"{head}  does not run: {x['error'][:110]}")
             continue
         print(f"{head}{'EMULATED' if x['emulated'] else 'no':>9}{x['accuracy']:>8.2f}{x['init_ms']:>9.1f}"
-              f"{x['p50_ms']:>10.3f}{x['p90_ms']:>10.3f}{x['peak_rss_mb'] or 0:>8.1f}")
+              f"{x['p50_ms']:>10.3f}{x['p90_ms']:>10.3f}{x['peak_rss_mb'] or 0:>8.1f}  {x.get('self_check') or ''}")
+    profiled = [x for x in rows if x.get("top_ops")]
+    for x in profiled:
+        print(f"\nslowest operators: {x['target']} {x['model']} on {x['device']}"
+              + (" (emulated)" if x.get("emulated") else ""))
+        for o in x["top_ops"]:
+            print(f"  {o['ms']:>9.4f} ms  {o['type'][:28]:<28} {o['name'][:70]}")
     print(f"wrote {args.json}")
 
 
