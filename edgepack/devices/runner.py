@@ -14,7 +14,8 @@ int8/uint8; int8/uint8 outputs are dequantized; other dtypes pass as they are), 
 one array per output to O.npz; then `warmup` untimed and `runs` timed invocations on the
 first sample, each timed alone with time.perf_counter_ns; then, with --profile P, P more
 runs with the runtime's per-operator profiler where it has one (OpenVINO's performance
-counters), reported as "profile" in the JSON.
+counters; LiteRT's profiler through ai_edge_litert's libLiteRt.so), reported as "profile"
+in the JSON.
 """
 from __future__ import annotations
 
@@ -193,6 +194,7 @@ class TFLiteSession:
         self.runtime = {"name": module_name,
                         "version": _version("ai-edge-litert" if module_name == "ai_edge_litert" else "tflite-runtime",
                                             importlib.import_module(module_name))}
+        self.model_path, self.threads = model, threads
         self.interpreter = module.Interpreter(model_path=model, num_threads=threads)
         self.interpreter.allocate_tensors()
         by_index = {d["index"]: d for d in self.interpreter.get_input_details()}
@@ -226,6 +228,20 @@ class TFLiteSession:
             out.append(_dequantize(self.interpreter.get_tensor(d["index"]), scale, zp))
         return out
 
+    def profile(self, xs: list, n: int) -> dict | None:
+        """LiteRT's profiler, through its C API, averaged over n runs of a second compile of
+        the model with profiling on: ai_edge_litert >= 2.2 only (the Python API has none, and
+        tflite_runtime ships no C API). None, with a note in `runtime`, where it cannot run."""
+        if self.runtime["name"] != "ai_edge_litert" or _version_tuple(self.runtime["version"]) < (2, 2):
+            return None
+        feeds = [_quantize(x, d["dtype"], *d["quantization"]) for (_, d), x in zip(self.inputs, xs)]
+        try:
+            with _LiteRtProfiledModel(self.model_path, self.threads) as model:
+                return model.profile(dict(zip(self.input_names, feeds)), n)
+        except (OSError, AttributeError, ValueError, RunnerError) as e:   # no library or symbol, a failed call
+            self.runtime["profile_note"] = f"LiteRT profiler unavailable: {e}"
+            return None
+
 
 def _tflite_signature(interpreter) -> dict | None:
     """{"inputs": {name: tensor index}, "outputs": {...}} of the file's first signature, or None.
@@ -249,6 +265,173 @@ def _tfl_detail(d: dict) -> dict:
     scale, zp = d["quantization"]
     return {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
             "scale": float(scale), "zero_point": int(zp)}
+
+
+def _version_tuple(version: str) -> tuple:
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+# LiteRT's C API (litert/c/*.h of LiteRT 2.2 and 2.3), reached with ctypes: ai_edge_litert's
+# libLiteRt.so exports it, and its profiler is the only per-operator timing LiteRT has.
+
+class _LiteRtMemoryUsage(ctypes.Structure):
+    _fields_ = [("total_allocated_bytes", ctypes.c_size_t), ("in_use_allocated_bytes", ctypes.c_size_t),
+                ("private_footprint_bytes", ctypes.c_size_t)]
+
+
+class _LiteRtProfiledEvent(ctypes.Structure):   # ProfiledEventData, litert_profiler_event.h
+    _fields_ = [("tag", ctypes.c_char_p), ("event_type", ctypes.c_int),
+                ("start_timestamp_us", ctypes.c_uint64), ("elapsed_time_us", ctypes.c_uint64),
+                ("begin_mem_usage", _LiteRtMemoryUsage), ("end_mem_usage", _LiteRtMemoryUsage),
+                ("event_metadata1", ctypes.c_uint64), ("event_metadata2", ctypes.c_uint64),
+                ("event_source", ctypes.c_int)]
+
+
+LITERT_OPERATOR_EVENT = 1 << 1            # a TFLite kernel: metadata1 its node, metadata2 its subgraph
+LITERT_DELEGATE_OPERATOR_EVENT = 1 << 3   # an op inside a delegate (XNNPACK): metadata1 its index there
+LITERT_STATUS = {1: "invalid argument", 2: "out of memory", 3: "runtime failure", 5: "unsupported",
+                 6: "not found", 500: "file I/O", 501: "invalid flatbuffer", 504: "compilation"}
+
+
+class _LiteRtProfiledModel:
+    """One .tflite compiled by LiteRT on the CPU (XNNPACK, as the Python interpreter runs it)
+    with the runtime's profiler on. A context manager: every handle is destroyed on exit."""
+
+    def __init__(self, model: str, threads: int):
+        import ai_edge_litert
+
+        self.lib = ctypes.CDLL(os.path.join(os.path.dirname(ai_edge_litert.__file__), "libLiteRt.so"))
+        self.model, self.threads = model, threads
+        self.owned: list = []     # (destroy function, handle), destroyed last to first
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self.owned:
+            destroy, handle = self.owned.pop()
+            getattr(self.lib, destroy)(handle)
+
+    def _call(self, fn: str, *args) -> None:
+        status = getattr(self.lib, fn)(*args)
+        if status:
+            raise RunnerError(f"{fn} failed: {LITERT_STATUS.get(status, 'status')} ({status})")
+
+    def _new(self, fn: str, destroy: str | None, *args) -> ctypes.c_void_p:
+        handle = ctypes.c_void_p()
+        self._call(fn, *args, ctypes.byref(handle))
+        if destroy:
+            self.owned.append((destroy, handle))
+        return handle
+
+    def _add_toml_options(self, options, identifier: str, toml: str) -> None:
+        """Runtime and CPU options travel as TOML strings in opaque options, which the
+        runtime frees with the destructor given here (libc's free for a strdup'ed copy)."""
+        libc = ctypes.CDLL(None)
+        libc.strdup.restype, libc.strdup.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+        payload = libc.strdup(toml.encode())
+        opaque = self._new("LiteRtCreateOpaqueOptions", None, identifier.encode(), ctypes.c_void_p(payload),
+                           ctypes.cast(libc.free, ctypes.c_void_p))
+        status = self.lib.LiteRtAddOpaqueOptions(options, opaque)
+        if status:   # not added: still ours to free
+            self.lib.LiteRtDestroyOpaqueOptions(opaque)
+            raise RunnerError(f"LiteRtAddOpaqueOptions failed: status {status}")
+
+    def _buffers(self, env, compiled, signature, kind: str, count: int) -> list:
+        buffers = []
+        for i in range(count):
+            tensor = self._new(f"LiteRtGetSignature{kind}TensorByIndex", None, signature, ctypes.c_size_t(i))
+            tensor_type = ctypes.create_string_buffer(256)   # LiteRtRankedTensorType (72 bytes), opaque here
+            self._call("LiteRtGetRankedTensorType", tensor, tensor_type)
+            requirements = self._new(f"LiteRtGetCompiledModel{kind}BufferRequirements", None, compiled,
+                                     ctypes.c_size_t(0), ctypes.c_size_t(i))
+            buffers.append(self._new("LiteRtCreateManagedTensorBufferFromRequirements", "LiteRtDestroyTensorBuffer",
+                                     env, tensor_type, requirements))
+        return buffers
+
+    def _write(self, buffer, x: np.ndarray, name: str) -> None:
+        size = ctypes.c_size_t()
+        self._call("LiteRtGetTensorBufferSize", buffer, ctypes.byref(size))
+        data = np.ascontiguousarray(x)
+        if data.nbytes > size.value:
+            raise RunnerError(f"input {name}: {data.nbytes} bytes for a {size.value}-byte LiteRT buffer")
+        addr = ctypes.c_void_p()
+        self._call("LiteRtLockTensorBuffer", buffer, ctypes.byref(addr), ctypes.c_int(1))   # write
+        ctypes.memmove(addr, data.ctypes.data, data.nbytes)
+        self._call("LiteRtUnlockTensorBuffer", buffer)
+
+    def profile(self, feeds: dict, n: int) -> dict | None:
+        """{"source": "litert-profiler", ...} over n profiled runs after one unprofiled one;
+        `feeds` are the model's inputs by name (or in order), already in their dtypes."""
+        env = self._new("LiteRtCreateEnvironment", "LiteRtDestroyEnvironment", ctypes.c_int(0), None)
+        model = self._new("LiteRtCreateModelFromFile", "LiteRtDestroyModel", env, self.model.encode())
+        options = self._new("LiteRtCreateOptions", "LiteRtDestroyOptions")
+        self._call("LiteRtSetOptionsHardwareAccelerators", options, ctypes.c_int(1))   # CPU
+        self._add_toml_options(options, "runtime_options_string", "enable_profiling = true\n")
+        self._add_toml_options(options, "xnnpack", f"num_threads = {self.threads}\n")
+        compiled = self._new("LiteRtCreateCompiledModel", "LiteRtDestroyCompiledModel", env, model, options)
+        signature = self._new("LiteRtGetModelSignature", None, model, ctypes.c_size_t(0))
+        n_in, n_out = ctypes.c_size_t(), ctypes.c_size_t()
+        self._call("LiteRtGetNumSignatureInputs", signature, ctypes.byref(n_in))
+        self._call("LiteRtGetNumSignatureOutputs", signature, ctypes.byref(n_out))
+        names = []
+        for i in range(n_in.value):
+            name = ctypes.c_char_p()
+            self._call("LiteRtGetSignatureInputName", signature, ctypes.c_size_t(i), ctypes.byref(name))
+            names.append(name.value.decode())
+        ins = self._buffers(env, compiled, signature, "Input", n_in.value)
+        outs = self._buffers(env, compiled, signature, "Output", n_out.value)
+        for name, buffer, x in zip(names, ins, _pick(feeds, names, "inputs")):
+            self._write(buffer, x, name)
+        in_array = (ctypes.c_void_p * len(ins))(*ins)
+        out_array = (ctypes.c_void_p * len(outs))(*outs)
+        args = (compiled, ctypes.c_size_t(0), ctypes.c_size_t(len(ins)), in_array, ctypes.c_size_t(len(outs)),
+                out_array)
+
+        profiler = self._new("LiteRtCompiledModelGetProfiler", None, compiled)   # the compiled model's own
+        if not profiler:
+            raise RunnerError("the compiled model has no profiler")
+        self._call("LiteRtRunCompiledModel", *args)   # first run: XNNPACK sets up
+        self._call("LiteRtResetProfiler", profiler)
+        self._call("LiteRtStartProfiler", profiler)
+        for _ in range(n):
+            self._call("LiteRtRunCompiledModel", *args)
+        self._call("LiteRtStopProfiler", profiler)
+        count = ctypes.c_int()
+        self._call("LiteRtGetNumProfilerEvents", profiler, ctypes.byref(count))
+        events = (_LiteRtProfiledEvent * max(count.value, 1))()
+        if count.value:
+            self._call("LiteRtGetProfilerEvents", profiler, count, events)
+        return _litert_ops(events[:count.value], n)
+
+
+def _litert_ops(events: list, n: int) -> dict | None:
+    """Per-operator means from the profiler's events. XNNPACK reports each op it runs; the
+    kernels it did not take are TFLite's own. A delegate's node, where the delegate also
+    reports its ops, would count them twice: it is left out."""
+    delegated = any(e.event_type == LITERT_DELEGATE_OPERATOR_EVENT for e in events)
+    totals: dict = {}
+    for e in events:
+        tag = (e.tag or b"?").decode(errors="replace")
+        if e.event_type == LITERT_DELEGATE_OPERATOR_EVENT:
+            key = (f"{tag} #{e.event_metadata1}", "XNNPACK")
+        elif e.event_type == LITERT_OPERATOR_EVENT and not (delegated and "delegate" in tag.lower()):
+            node = f"{e.event_metadata2}:{e.event_metadata1}" if e.event_metadata2 else str(e.event_metadata1)
+            key = (f"{tag} #{node}", "TFLite kernel")
+        else:
+            continue   # run phases, telemetry
+        us, calls = totals.get(key, (0, 0))
+        totals[key] = (us + e.elapsed_time_us, calls + 1)
+    if not totals:
+        return None
+    # The profiler counts whole microseconds: an op faster than that shows 0.
+    ops = [{"name": name, "type": kind, "ms": us / 1e3 / n, "calls": max(1, round(calls / n))}
+           for (name, kind), (us, calls) in totals.items()]
+    return {"source": "litert-profiler", "runs": n, "ops": sorted(ops, key=lambda o: -o["ms"])}
 
 
 class OpenVINOSession:

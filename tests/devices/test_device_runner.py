@@ -67,6 +67,24 @@ def test_runner_writes_the_schema(models, tmp_path):
     assert outputs.shape == (6, 10) and outputs.dtype == np.float32
 
 
+def test_runner_profiles_litert_ops(models, tmp_path):
+    # LiteRT's profiler, through libLiteRt.so's C API: XNNPACK reports each op it runs.
+    done, out_json, _ = run_runner(tmp_path, "--model", str(models.tflite_int8), "--inputs", str(models.inputs(n=1)),
+                                   "--warmup", "1", "--runs", "3", "--profile", "30", "--runtimes", "ai_edge_litert")
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out_json.read_text())
+    p = r["profile"]
+    assert p is not None, r["runtime"].get("profile_note")
+    assert p["source"] == "litert-profiler" and p["runs"] == 30
+    ops = p["ops"]
+    assert [o["ms"] for o in ops] == sorted((o["ms"] for o in ops), reverse=True)
+    assert all(o["type"] == "XNNPACK" and o["calls"] == 1 and o["ms"] >= 0 for o in ops)
+    # The net is conv -> mean -> dense, all int8, all taken by XNNPACK; the conv does most work.
+    kinds = [o["name"].split(" (")[0] for o in ops]
+    assert {"Convolution", "Mean", "Fully Connected"} <= set(kinds), kinds
+    assert kinds[0] == "Convolution" and ops[0]["ms"] > 0 and "QC8" in ops[0]["name"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--inputs", "{bad_npz}"], "the model takes 1 inputs"),
     (["--runtimes", "openvino"], "no runtime for .tflite imports here"),
