@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,7 @@ class BuildRequest:
     use_cache: bool = True
     metric: str | None = None          # --metric FILE.py:FUNCTION (task.metric)
     allow_overlap: bool = False        # --allow-overlap (data.allow_overlap)
+    sign_key: Path | None = None       # --sign-key (bundle.sign_key)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class BuildOutcome:
     zip: Path
     report: dict[str, Any]
     records: list[StageRecord]
+    signed_by: str | None = None       # fingerprint of the key that signed the bundle
 
 
 def _check_out(out: Path) -> None:
@@ -71,7 +74,13 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
         overrides.append("data.allow_overlap=true")
     if req.devices:
         overrides.append("validate.devices=[" + ", ".join(f'"{d}"' for d in req.devices) + "]")
+    if req.sign_key:
+        overrides.append(f"bundle.sign_key={json.dumps(str(req.sign_key))}")   # a JSON string is a TOML string
     settings = load_settings(req.target, section_models(target), project_file=req.config, overrides=overrides)
+    if settings.bundle.sign_key:
+        from .shipping.signing import load_private_key
+
+        load_private_key(Path(settings.bundle.sign_key), what="bundle.sign_key")
     target.check_toolchain()
     target.check_scheme(settings.quantize.scheme)
     inputs = settings.inputs
@@ -140,13 +149,18 @@ def _write_outputs(p: Prepared, result: BuildResult) -> BuildOutcome:
         files[plot] = scratch / plot
     manifest = make_manifest(name=name, target=p.target, artifact=art, io=p.target.io_details(art), data=ctx.data,
                              labels=ctx.data.labels, settings=p.settings, teacher=ctx.teacher, created_at=created)
-    tree, zip_path = write_bundle(p.out, name, files, manifest)
-    return BuildOutcome(report["passed"], tree, zip_path, report, result.records)
+    signed: list[str] = []
+    sign = None
+    if p.settings.bundle.sign_key:
+        from .shipping.signing import sign_tree
+
+        def sign(tree: Path) -> None:
+            signed.append(sign_tree(tree, Path(p.settings.bundle.sign_key)))
+    tree, zip_path = write_bundle(p.out, name, files, manifest, sign=sign)
+    return BuildOutcome(report["passed"], tree, zip_path, report, result.records, signed[0] if signed else None)
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, default=str) + "\n"
 
 

@@ -5,7 +5,12 @@ The previous bundle in the output folder stays intact until the new one is
 complete: tree and zip are both assembled in a staging folder, then swapped in
 together (the old tree is moved aside, the new tree and the new zip renamed into
 place). If a rename fails between the two, both are put back as they were, so the
-tree and the zip beside it always belong to the same build.
+tree and the zip beside it always belong to the same build. Signing (model.sig beside
+manifest.json, see edgepack/shipping/signing.py) and pulling from a registry republish
+a bundle through the same staged swap.
+
+model.sig is the one file manifest.json does not list: it is made after the manifest
+and covers it (and every other file), so signing changes no hash the manifest holds.
 """
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ import os
 import shutil
 import tempfile
 import zipfile
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import __version__
@@ -22,6 +29,7 @@ from .artifacts import atomic_write_json, atomic_write_text, sha256_file, strip_
 from .errors import UsageError
 
 SCHEMA = "edgepack.bundle/1"
+SIGNATURE = "model.sig"             # OpenSSF model-signing's signature of every other file
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)    # fixed entry times: the zip changes only when its content does
 
 
@@ -107,14 +115,30 @@ def _swap_in(staging: Path, new_tree: Path, new_zip: Path, final: Path, zip_path
         raise
 
 
-def write_bundle(out_dir: Path, name: str, files: dict[str, Path | str | bytes], manifest: dict[str, Any]) -> tuple[Path, Path]:
-    """Assemble <out>/<name>/ and <out>/<name>.zip from `files` (bundle path -> source file
-    or content) plus manifest.json with the sha256 of every file. Returns (tree, zip)."""
+def _publish(out_dir: Path, name: str, fill: Callable[[Path], None]) -> tuple[Path, Path]:
+    """Let `fill` populate a staged tree, zip it, swap tree and zip in for <out>/<name>/ and
+    <out>/<name>.zip (both or neither). Returns (tree, zip)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
     try:
         tree = staging / name
         tree.mkdir()
+        fill(tree)
+        new_zip = staging / f"{name}.zip"
+        _zip_tree(tree, new_zip)
+        final, zip_path = out_dir / name, out_dir / f"{name}.zip"
+        _swap_in(staging, tree, new_zip, final, zip_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final, zip_path
+
+
+def write_bundle(out_dir: Path, name: str, files: dict[str, Path | str | bytes], manifest: dict[str, Any],
+                 sign: Callable[[Path], None] | None = None) -> tuple[Path, Path]:
+    """Assemble <out>/<name>/ and <out>/<name>.zip from `files` (bundle path -> source file
+    or content) plus manifest.json with the sha256 of every file; `sign(tree)`, when given,
+    adds the signature after the manifest and before the zip. Returns (tree, zip)."""
+    def fill(tree: Path) -> None:
         for rel, src in files.items():
             dst = tree / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -124,16 +148,71 @@ def write_bundle(out_dir: Path, name: str, files: dict[str, Path | str | bytes],
                 dst.write_text(src)
             else:
                 shutil.copyfile(src, dst)
-        manifest = dict(manifest, files={p.relative_to(tree).as_posix(): sha256_file(p)
-                                         for p in sorted(tree.rglob("*")) if p.is_file()})
-        atomic_write_json(tree / "manifest.json", manifest)
-        new_zip = staging / f"{name}.zip"
-        _zip_tree(tree, new_zip)
-        final, zip_path = out_dir / name, out_dir / f"{name}.zip"
-        _swap_in(staging, tree, new_zip, final, zip_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final, zip_path
+        full = dict(manifest, files={p.relative_to(tree).as_posix(): sha256_file(p)
+                                     for p in sorted(tree.rglob("*")) if p.is_file()})
+        atomic_write_json(tree / "manifest.json", full)
+        if sign is not None:
+            sign(tree)
+
+    return _publish(out_dir, name, fill)
+
+
+def republish(source: Path, out_dir: Path, name: str, sign: Callable[[Path], None] | None = None) -> tuple[Path, Path]:
+    """A bundle tree (checked beforehand) copied in as <out>/<name>/ and <out>/<name>.zip,
+    signed on the way when `sign` is given; the previous pair is swapped out atomically."""
+    def fill(tree: Path) -> None:
+        shutil.copytree(source, tree, dirs_exist_ok=True)
+        if sign is not None:
+            sign(tree)
+
+    return _publish(out_dir, name, fill)
+
+
+def is_safe_relpath(rel: str) -> bool:
+    """A relative POSIX path that stays inside the folder it is joined to: no absolute path,
+    no `..`, no empty or `.` part, no backslash or NUL (a zip entry or registry layer name)."""
+    if not rel or "\\" in rel or "\0" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/")) and not PurePosixPath(rel).is_absolute()
+
+
+def split_bundle_path(path: Path) -> tuple[Path, str]:
+    """(folder, name) of a bundle given as its tree or its zip: both live side by side."""
+    path = Path(path)
+    return path.parent, (path.name if path.is_dir() else path.stem)
+
+
+@contextmanager
+def bundle_tree(path: Path) -> Iterator[Path]:
+    """The bundle as a folder: the tree itself, or its zip unpacked into a temporary folder
+    named like the tree (an entry that would land outside it is refused, exit 2)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: bundle not found")
+    if path.is_dir():
+        yield path
+        return
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UsageError(f"{path}: not a bundle (zip unreadable: {e})") from None
+    with z, tempfile.TemporaryDirectory(prefix="edgepack-bundle-") as tmp:
+        names = [i for i in z.infolist() if not i.is_dir()]
+        prefix = next((n.filename.split("/")[0] + "/" for n in names
+                       if n.filename.endswith("/manifest.json") and n.filename.count("/") == 1), "")
+        top = prefix.rstrip("/") or path.stem
+        if not is_safe_relpath(top):
+            raise UsageError(f"{path}: its folder {top!r} is not a plain name")
+        root = Path(tmp) / top
+        root.mkdir()
+        for info in names:
+            rel = info.filename[len(prefix):] if info.filename.startswith(prefix) else ""
+            if not is_safe_relpath(rel):
+                raise UsageError(f"{path}: entry {info.filename!r} would land outside the bundle folder {root.name}/")
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(z.read(info))
+        yield root
 
 
 def inspect_bundle(path: Path) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
@@ -172,9 +251,10 @@ def inspect_bundle(path: Path) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
     for rel, digest in manifest.get("files", {}).items():
         data = read(rel)
         checks.append((rel, data is not None and hashlib.sha256(data).hexdigest() == digest))
-    for extra in sorted(listing - set(manifest.get("files", {})) - {"manifest.json"}):
-        checks.append((extra, False))      # a file the manifest does not list
+    for extra in sorted(listing - set(manifest.get("files", {})) - {"manifest.json", SIGNATURE}):
+        checks.append((extra, False))      # a file the manifest does not list (model.sig comes after it)
     return manifest, checks
 
 
-__all__ = ["bundle_name", "make_manifest", "write_bundle", "inspect_bundle", "atomic_write_text"]
+__all__ = ["SIGNATURE", "atomic_write_text", "bundle_name", "bundle_tree", "inspect_bundle", "is_safe_relpath",
+           "make_manifest", "republish", "split_bundle_path", "write_bundle"]

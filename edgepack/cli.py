@@ -1,12 +1,14 @@
 """The command line: the only place that parses arguments, prints, and maps errors
-to exit codes (0 built and passed, 1 built but a gate failed, 2 bad input/usage,
-3 internal error: one line naming stage and target, the traceback in a log in --out)."""
+to exit codes (0 built and passed, 1 built but a gate failed or a device or registry could
+not be reached, 2 bad input/usage or a bundle refused, 3 internal error: one line naming
+stage and target, the traceback in a log in --out)."""
 from __future__ import annotations
 
 import json
 import platform
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -20,6 +22,7 @@ Examples:
   edgepack build -t tflite-int8 --model net.py:make_model --weights net.pt --data data.npz
   edgepack build -t tflite-int8 --set quantize.io=float32 --set validate.runs=50
   edgepack build -t tflite-int8 --dry-run                   # resolved settings + stage plan
+  edgepack build -t tflite-int8 --sign-key private.pem      # model.sig in the bundle
 """
 
 
@@ -87,6 +90,7 @@ def main() -> None:
       edgepack build --target tflite-int8
       edgepack targets
       edgepack inspect out/digits-resnet-tflite-int8.zip
+      edgepack push out/digits-resnet-tflite-int8.zip localhost:5000/digits:1.0 --insecure
     """
 
 
@@ -106,8 +110,10 @@ def main() -> None:
 @click.option("--device", "devices", multiple=True, help="Validate on this device (repeatable; default: the profile's).")
 @click.option("--no-cache", is_flag=True, help="Ignore cached stage outputs and run every stage.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the stage plan; run nothing.")
+@click.option("--sign-key", type=click.Path(path_type=Path), metavar="PRIVATE.pem",
+              help="Sign the bundle with this EC private key (bundle.sign_key): model.sig beside manifest.json.")
 def build(target_names, model, weights, data, train_data, student, metric, allow_overlap, config, out, overrides,
-          devices, no_cache, dry_run) -> None:
+          devices, no_cache, dry_run, sign_key) -> None:
     """Build, validate and bundle a model for one target, or several (one bundle each plus a
     comparison report; the exit code is the worst of them)."""
     from .build import BuildRequest, prepare
@@ -120,7 +126,8 @@ def build(target_names, model, weights, data, train_data, student, metric, allow
         sys.exit(e.exit_code)
     reqs = [BuildRequest(target=t, model=model, weights=weights, data=data, train_data=train_data, student=student,
                          config=config, out=out, overrides=tuple(overrides), devices=tuple(devices),
-                         use_cache=not no_cache, metric=metric, allow_overlap=allow_overlap) for t in names]
+                         use_cache=not no_cache, metric=metric, allow_overlap=allow_overlap, sign_key=sign_key)
+            for t in names]
     prepared, failed = [], []
     for req in reqs:
         try:
@@ -188,6 +195,8 @@ def _build_one(prepared, keep_going: bool = False):
     r = outcome.report
     acc = r["accuracy"]
     click.echo(f"bundle: {outcome.zip}  ({outcome.tree}/)")
+    if outcome.signed_by:
+        click.echo(f"signed: model.sig (key {outcome.signed_by})")
     if acc.get("value") is not None:
         from .report.markdown import gate_sentence
 
@@ -273,26 +282,183 @@ def inspect(bundle: Path, as_json: bool) -> None:
         _err(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch)")
         sys.exit(2)
     click.echo(f"all {len(checks)} files match their sha256")
+    if manifest.get("files") and _has_signature(bundle):
+        click.echo("signed: model.sig (check it: edgepack verify BUNDLE --key PUBLIC.pem)")
+
+
+def _has_signature(bundle: Path) -> bool:
+    from .bundle import SIGNATURE, bundle_tree
+
+    with bundle_tree(bundle) as tree:
+        return (tree / SIGNATURE).is_file()
+
+
+# -- shipping: sign, verify, push, pull, ls ---------------------------------------------
+
+def _fail(e: EdgepackError) -> NoReturn:
+    _err(str(e))
+    sys.exit(e.exit_code)
+
+
+def _kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KiB"
+
+
+_registry_options = [
+    click.option("--insecure", is_flag=True, help="Plain HTTP, for a registry on this machine only (localhost, 127.0.0.1)."),
+    click.option("--ca-cert", type=click.Path(path_type=Path), envvar="EDGEPACK_REGISTRY_CA",
+                 help="Trust this certificate (or CA) for the registry's TLS [env EDGEPACK_REGISTRY_CA]."),
+]
+
+
+def registry_options(fn):
+    for option in reversed(_registry_options):
+        fn = option(fn)
+    return fn
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--device", "devices", multiple=True, help="Also run the self-check on this device (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify(bundle: Path, devices, as_json: bool) -> None:
-    """Check a bundle's file hashes and, on each --device, its outputs on reference.npz.
-
-    Exit 2 when a file differs from its manifest sha256; exit 1 when a device cannot run
-    the bundle or its outputs stray from the expected ones beyond the bundle's tolerance.
+@click.option("--key", "key", required=True, type=click.Path(path_type=Path), metavar="PRIVATE.pem",
+              help="PEM elliptic-curve private key (P-256, P-384 or P-521).")
+def sign(bundle: Path, key: Path) -> None:
+    """Sign a bundle (tree and zip) with OpenSSF model-signing and a local key: model.sig
+    beside manifest.json covers every file. Nothing goes over the network.
 
     \b
     Example:
+      openssl ecparam -name prime256v1 -genkey -noout -out private.pem
+      openssl ec -in private.pem -pubout -out public.pem
+      edgepack sign out/digits-resnet-tflite-int8.zip --key private.pem
+    """
+    from .shipping.signing import sign_bundle
+
+    try:
+        signed = sign_bundle(bundle, key)
+    except EdgepackError as e:
+        _fail(e)
+    click.echo(f"signed {signed.files} files with key {signed.fingerprint}: {signed.tree}/model.sig")
+    click.echo(f"bundle: {signed.zip}  ({signed.tree}/)")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("ref")
+@click.option("--version", "version", help="Version for the <target>-<version> tag (default: REF's tag).")
+@registry_options
+def push(bundle: Path, ref: str, version: str | None, insecure: bool, ca_cert: Path | None) -> None:
+    """Publish a bundle as an OCI artifact (through oras) under REF's tag, the target name
+    and <target>-<version>; print its digest. REF is host:port/repo:tag, or file://PATH:tag
+    for an OCI image layout folder. Credentials: $EDGEPACK_REGISTRY_USERNAME and
+    $EDGEPACK_REGISTRY_PASSWORD, else the docker config file.
+
+    \b
+    Example:
+      edgepack push out/digits-resnet-tflite-int8.zip localhost:5000/digits:1.0 --insecure
+    """
+    from .shipping.push import push_bundle
+
+    try:
+        pushed = push_bundle(bundle, ref, version=version, insecure=insecure, ca_cert=ca_cert)
+    except EdgepackError as e:
+        _fail(e)
+    click.echo(f"pushed {pushed.name} ({pushed.files} files, {'signed' if pushed.signed else 'UNSIGNED'}) "
+               f"to {pushed.ref.repo_text}")
+    click.echo(f"tags: {', '.join(pushed.tags)}")
+    click.echo(f"digest: {pushed.digest}")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder the bundle lands in.")
+@click.option("--key", "key", type=click.Path(path_type=Path), envvar="EDGEPACK_PUBLIC_KEY", metavar="PUBLIC.pem",
+              help="Public key the bundle must be signed with [env EDGEPACK_PUBLIC_KEY].")
+@click.option("--allow-unsigned", is_flag=True, help="Accept a bundle without a signature (hashes are still checked).")
+@registry_options
+def pull(ref: str, out: Path, key: Path | None, allow_unsigned: bool, insecure: bool, ca_cert: Path | None) -> None:
+    """Download a bundle by tag or digest, check every blob digest, every sha256 in its
+    manifest and its signature in a staging folder, then let it land in --out as a tree and
+    a zip. Refused (exit 2, naming the file or key; --out untouched): a changed file, a
+    missing or foreign signature, a layer name that would leave --out. Registry
+    unreachable: exit 1.
+
+    \b
+    Examples:
+      edgepack pull localhost:5000/digits:tflite-int8 --out bundles --key public.pem --insecure
+      edgepack pull localhost:5000/digits@sha256:<digest> --out bundles --key public.pem --insecure
+    """
+    from .shipping.pull import pull_bundle
+
+    try:
+        pulled = pull_bundle(ref, out, public_key=key, allow_unsigned=allow_unsigned, insecure=insecure,
+                             ca_cert=ca_cert)
+    except EdgepackError as e:
+        _fail(e)
+    v = pulled.integrity
+    click.echo(f"pulled {pulled.ref} ({pulled.digest})")
+    click.echo(f"  {pulled.blobs} blobs match their digests; {len(v.files)} files match manifest.json's sha256")
+    click.echo("  signature: " + {"valid": f"valid, key {v.signer}", "unsigned": "none (--allow-unsigned)",
+                                   "not checked": "not checked (--allow-unsigned, no --key)"}.get(v.signature, v.signature))
+    click.echo(f"bundle: {pulled.zip}  ({pulled.tree}/)")
+
+
+@main.command("ls")
+@click.argument("repository")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@registry_options
+def ls_command(repository: str, as_json: bool, insecure: bool, ca_cert: Path | None) -> None:
+    """List a repository's tags with target, metric, size and p50 from the bundles'
+    annotations (nothing is downloaded).
+
+    \b
+    Example:
+      edgepack ls localhost:5000/digits --insecure
+    """
+    from .shipping.listing import list_bundles
+
+    try:
+        rows = list_bundles(repository, insecure=insecure, ca_cert=ca_cert)
+    except EdgepackError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"{repository}: no tags")
+        return
+    click.echo(f"{'TAG':<24} {'TARGET':<15} {'METRIC':<16} {'SIZE':>11}  {'P50':<22} {'SIGNED':<6}  DIGEST")
+    for r in rows:
+        metric = "-" if r["value"] is None else f"{r['metric']} {r['value']:.4g}{(' ' + r['unit']) if r['unit'] else ''}"
+        p50 = ", ".join(f"{k} {v:.3g} ms" for k, v in r["p50_ms"].items()) or "-"
+        click.echo(f"{r['tag']:<24} {(r['target'] or '(not a bundle)'):<15} {metric:<16} {_kib(r['size_bytes']):>11}  "
+                   f"{p50:<22} {'yes' if r['signed'] else 'no':<6}  {r['digest'][:19]}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", "key", type=click.Path(path_type=Path), envvar="EDGEPACK_PUBLIC_KEY", metavar="PUBLIC.pem",
+              help="Check the signature with this public key [env EDGEPACK_PUBLIC_KEY].")
+@click.option("--device", "devices", multiple=True, help="Also run the self-check on this device (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(bundle: Path, key: Path | None, devices, as_json: bool) -> None:
+    """Check a bundle's file hashes, with --key its signature, and on each --device its
+    outputs on reference.npz.
+
+    Exit 2 when a file differs from its manifest sha256, or (with --key) the bundle is not
+    signed or signed by another key, naming the file or the key; exit 1 when a device
+    cannot run the bundle or its outputs stray from the expected ones beyond the bundle's
+    tolerance.
+
+    \b
+    Examples:
+      edgepack verify out/digits-resnet-tflite-int8.zip --key public.pem
       edgepack verify out/digits-resnet-tflite-int8.zip --device qemu-aarch64
     """
     from .verify import verify_bundle
 
     try:
-        result = verify_bundle(bundle, list(devices), log=(lambda _: None) if as_json else click.echo)
+        result = verify_bundle(bundle, list(devices), public_key=key,
+                               log=(lambda _: None) if as_json else click.echo)
     except EdgepackError as e:
         _err(str(e))
         sys.exit(e.exit_code)

@@ -105,6 +105,15 @@ class InputsConfig(Section):
     out: str | None = None
 
 
+class BundleConfig(Section):
+    """How the bundle is sealed on the way out ([bundle] in a profile or edgepack.toml)."""
+
+    # A PEM elliptic-curve private key (P-256 or P-384): the build signs the bundle with
+    # OpenSSF model-signing (model.sig beside manifest.json; `edgepack verify --key` checks it).
+    # Where a key lies is not part of the recipe: it is left out of the recipe hash.
+    sign_key: str | None = None
+
+
 # -- loading -------------------------------------------------------------------
 
 class Layer:
@@ -212,7 +221,8 @@ class Settings:
     @property
     def recipe_hash(self) -> str:
         d = self.resolved()
-        d.pop("inputs", None)       # where files live is not part of the recipe
+        d.pop("inputs", None)       # where files live is not part of the recipe,
+        d.pop("bundle", None)       # nor which key signs the result
         return sha256_json(d)
 
 
@@ -247,7 +257,7 @@ def load_settings(target: str, section_models: dict[str, type[BaseModel]], *,
     if meta.get("name", target) != target:
         raise UsageError(f"{sources.get(('name',), path)}: name = {meta['name']!r} but the build is for target "
                          f"{target!r} (remove name, or build --target {meta['name']})")
-    models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, **section_models}
+    models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, "bundle": BundleConfig, **section_models}
     sections: dict[str, BaseModel] = {}
     for key, value in merged.items():
         if key not in models:

@@ -4,6 +4,11 @@ Errors are raised where they are found, naming the file, field or op at fault;
 `cli.py` is the only place that turns them into a message and an exit code. A gate
 that fails (accuracy, latency) is not an exception: the build goes on to write the
 bundle and report, which say why, and the exit code is 1.
+
+Exit codes: 0 done; 1 a gate failed, or a device or registry could not be reached;
+2 bad input or usage, or a bundle refused (a changed file, a missing or foreign
+signature, a registry entry that would land outside --out, credentials refused);
+3 internal error.
 """
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ class ToolchainMissing(UsageError):
 
 class DeviceError(EdgepackError):
     """A device could not be reached or its run failed: that device fails, exit 1."""
+
+    exit_code = 1
+
+
+class RegistryUnreachable(EdgepackError):
+    """A registry that could not be reached (down, refused, TLS handshake failed) or that
+    failed on its side (5xx): exit 1, like a device; nothing is written."""
 
     exit_code = 1
 

@@ -8,23 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from edgepack.stages.base import all_stages
-
-TRAINING = [a for s in all_stages() if s.name in ("distill", "prune", "lowrank") for a in ("--set", f"{s.name}.enabled=false")]
-
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgepack.cli", *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench-build")
-    res = cli("build", "-t", "tflite-int8", "--model", f"{tiny['model']}:make_model", "--weights", str(tiny["weights"]),
-              "--data", str(tiny["data"]), "--out", str(out), "--set", "validate.runs=5",
-              "--set", "quantize.calibration_samples=32", *TRAINING)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return out / "tiny_net-tflite-int8.zip"
+def bundle(tiny_bundle) -> Path:
+    """The session's tiny tflite-int8 bundle (tests/conftest.py), shared with the shipping tests."""
+    return tiny_bundle["zip"]
 
 
 @pytest.mark.emulator
