@@ -337,7 +337,8 @@ def sign(bundle: Path, key: Path) -> None:
         signed = sign_bundle(bundle, key)
     except EdgepackError as e:
         _fail(e)
-    click.echo(f"signed {signed.files} files with key {signed.fingerprint}: {signed.tree}/model.sig")
+    click.echo(f"signed manifest.json and the {signed.files} files it lists with key {signed.fingerprint}: "
+               f"{signed.tree}/model.sig")
     click.echo(f"bundle: {signed.zip}  ({signed.tree}/)")
 
 

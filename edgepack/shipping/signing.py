@@ -181,7 +181,7 @@ class Signed:
     tree: Path
     zip: Path
     fingerprint: str
-    files: int            # files the signature covers
+    files: int            # files manifest.json lists (the signature covers them and manifest.json)
 
 
 def sign_bundle(bundle: Path, private_key: Path) -> Signed:
@@ -190,12 +190,11 @@ def sign_bundle(bundle: Path, private_key: Path) -> Signed:
     load_private_key(private_key)
     folder, name = split_bundle_path(bundle)
     with bundle_tree(bundle) as src:
-        _, checks = inspect_bundle(src)
+        manifest, checks = inspect_bundle(src)
         bad = [f for f, ok in checks if not ok]
         if bad:
             raise UsageError(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch): "
                              "not signing it")
         marks: list[str] = []
         tree, zip_path = republish(src, folder, name, sign=lambda t: marks.append(sign_tree(t, private_key)))
-    files = sum(1 for p in tree.rglob("*") if p.is_file() and p.name != SIGNATURE)
-    return Signed(tree, zip_path, marks[0], files)
+    return Signed(tree, zip_path, marks[0], len(manifest.get("files", {})))

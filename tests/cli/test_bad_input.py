@@ -211,6 +211,20 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
         cfg = tmp / "edgepack.toml"
         cfg.write_text('[validate]\n"runs\\nwarmup" = 3\n')
         return ["-t", "tflite-int8", *base, "--config", str(cfg)], f"{cfg}: unknown key validate.'runs\\nwarmup'"
+    # -- signing on the way out (--sign-key / bundle.sign_key)
+    if name == "signing key not found":
+        return ["-t", "tflite-int8", *base, "--sign-key", str(tmp / "nope.pem")], \
+            f"bundle.sign_key {tmp / 'nope.pem'}: key file not found"
+    if name == "signing key is a public key":
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        k = tmp / "public.pem"
+        k.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        cfg = tmp / "edgepack.toml"
+        cfg.write_text(f'[bundle]\nsign_key = "{k}"\n')
+        return ["-t", "tflite-int8", *base, "--config", str(cfg)], f"bundle.sign_key {k}: not a PEM private key"
     raise AssertionError(name)
 
 
@@ -228,7 +242,7 @@ CASES = ["unknown target", "unknown profile key", "removed key validate.referenc
          "too few evaluation samples", "metric file not found", "metric function not in the file",
          "metric file fails to import", "regression with class-id targets", "unknown task kind",
          "forward returns a non-tensor", "project file is a folder", "project file names another target",
-         "project key with a newline"]
+         "project key with a newline", "signing key not found", "signing key is a public key"]
 
 
 @pytest.mark.parametrize("case", CASES)
