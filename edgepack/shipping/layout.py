@@ -106,10 +106,13 @@ class LayoutStore:
         except ValueError:
             raise UsageError(f"{self.where}: the manifest {digest} is not JSON") from None
 
-    def fetch(self, digest: str, dest: Path) -> None:
+    def fetch(self, digest: str, dest: Path, size: int) -> None:
         src = self._blob(digest)
         if not src.is_file():
             raise UsageError(f"{self.where}: blob {digest} is missing (for {dest.name})")
+        if src.stat().st_size > size:
+            raise UsageError(f"{self.where}: blob {digest} holds more than the {size} bytes the manifest names "
+                             f"for {dest.name}: refused")
         shutil.copyfile(src, dest)
 
     def tags(self) -> list[str]:

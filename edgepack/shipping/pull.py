@@ -51,7 +51,7 @@ def pull_bundle(ref_text: str, out_dir: Path, *, public_key: Path | None = None,
         for title, blob, size in layers:
             dest = tree / title
             dest.parent.mkdir(parents=True, exist_ok=True)
-            store.fetch(blob, dest)
+            store.fetch(blob, dest, size)
             actual = "sha256:" + sha256_file(dest)
             if actual != blob or dest.stat().st_size != size:
                 raise UsageError(f"{where}: {title}: the blob received has {actual}, not the {blob} its manifest "

@@ -195,11 +195,18 @@ class RegistryStore:
         except ValueError:
             raise UsageError(f"{self.where}:{reference}: the manifest is not JSON") from None
 
-    def fetch(self, digest: str, dest: Path) -> None:
+    def fetch(self, digest: str, dest: Path, size: int) -> None:
+        """Download a blob to dest, refusing more bytes than the manifest says it has."""
         container = self._container(digest)
         response = self._call(f"downloading {dest.name}", self._oras.get_blob, container, digest, True)
+        written = 0
         with response, open(dest, "wb") as f:
-            f.writelines(response.iter_content(chunk_size=1 << 20))
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                written += len(chunk)
+                if written > size:
+                    raise UsageError(f"{self.where}@{digest}: the registry sent more than the {size} bytes the "
+                                     f"manifest names for {dest.name}: refused")
+                f.write(chunk)
 
     def tags(self) -> list[str]:
         self._ping()

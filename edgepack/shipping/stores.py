@@ -1,5 +1,5 @@
 """Open the store a reference names: a registry (oras-py) or an OCI layout folder. Both
-answer push(artifact, tags), resolve(tag or digest), fetch(digest, dest) and tags()."""
+answer push(artifact, tags), resolve(tag or digest), fetch(digest, dest, size) and tags()."""
 from __future__ import annotations
 
 from pathlib import Path
