@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny real model file, its weights and a learnable data set; a signing
-key pair; one real (signed) bundle of the tiny model, built once per session."""
+key pair; one real (signed) bundle of the tiny model, built once per test run (shared by
+the xdist workers)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -92,43 +94,66 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "model": model_py, "weights": root / "weights.pt", "data": root / "data.npz"}
 
 
-@pytest.fixture(scope="session")
-def signing_keys(tmp_path_factory) -> dict[str, Path]:
-    """An EC P-256 key pair made for this session (keys are never committed), and a second
-    one to stand for somebody else's key: private, public, other_private, other_public."""
+def run_once(tmp_path_factory, name: str, make) -> Path:
+    """A folder that `make(folder)` fills once per test run, whichever xdist worker asks
+    first; the others wait for it (a file lock in the base temp folder the workers share)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                       # pytest-of-<user>/pytest-N/, above every worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)            # a worker that failed half-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _make_keys(folder: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    root = tmp_path_factory.mktemp("keys")
-    keys = {}
     for prefix in ("", "other_"):
         key = ec.generate_private_key(ec.SECP256R1())
-        keys[prefix + "private"] = root / f"{prefix}private.pem"
-        keys[prefix + "private"].write_bytes(key.private_bytes(
+        (folder / f"{prefix}private.pem").write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        keys[prefix + "public"] = root / f"{prefix}public.pem"
-        keys[prefix + "public"].write_bytes(key.public_key().public_bytes(
+        (folder / f"{prefix}public.pem").write_bytes(key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return keys
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory) -> dict[str, Path]:
+    """An EC P-256 key pair made for this run (keys are never committed), and a second one
+    to stand for somebody else's key: private, public, other_private, other_public."""
+    folder = run_once(tmp_path_factory, "signing-keys", _make_keys)
+    return {f"{prefix}{kind}": folder / f"{prefix}{kind}.pem" for prefix in ("", "other_")
+            for kind in ("private", "public")}
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny, signing_keys, tmp_path_factory) -> dict[str, Path]:
     """One real tflite-int8 bundle of the tiny model (training stages off, few timed runs),
-    signed by the build (--sign-key) with signing_keys' private key: zip, tree, out.
-    Shared: a test that changes it works on a copy."""
+    signed by the build (--sign-key) with signing_keys' private key: zip, tree, out. Built
+    once per run; a test that changes it works on a copy."""
     from edgepack.stages.base import all_stages
 
-    out = tmp_path_factory.mktemp("tiny-bundle")
-    training_off = [a for s in all_stages() if s.name in ("distill", "prune", "lowrank")
-                    for a in ("--set", f"{s.name}.enabled=false")]
-    res = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", "-t", "tflite-int8",
-                          "--model", f"{tiny['model']}:make_model", "--weights", str(tiny["weights"]),
-                          "--data", str(tiny["data"]), "--out", str(out), "--set", "validate.runs=5",
-                          "--set", "quantize.calibration_samples=32", *training_off,
-                          "--sign-key", str(signing_keys["private"])], capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "signed: model.sig" in res.stdout, res.stdout
+    def build(out: Path) -> None:
+        training_off = [a for s in all_stages() if s.name in ("distill", "prune", "lowrank")
+                        for a in ("--set", f"{s.name}.enabled=false")]
+        res = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", "-t", "tflite-int8",
+                              "--model", f"{tiny['model']}:make_model", "--weights", str(tiny["weights"]),
+                              "--data", str(tiny["data"]), "--out", str(out), "--set", "validate.runs=5",
+                              "--set", "quantize.calibration_samples=32", *training_off,
+                              "--sign-key", str(signing_keys["private"])],
+                             capture_output=True, text=True, timeout=900, check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "signed: model.sig" in res.stdout, res.stdout
+
+    out = run_once(tmp_path_factory, "tiny-bundle", build)
     return {"zip": out / "tiny_net-tflite-int8.zip", "tree": out / "tiny_net-tflite-int8", "out": out}
 
 

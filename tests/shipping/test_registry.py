@@ -31,11 +31,12 @@ def pushed(registry, tiny_bundle):
     return res, digest
 
 
-def test_push_prints_the_digest_and_the_tags_app_teams_follow(pushed, registry):
+def test_push_prints_the_digest_and_the_tags_app_teams_follow(pushed, registry, tiny_bundle):
     res, digest = pushed
     assert digest.startswith("sha256:") and len(digest) == 71
     assert "tags: 1.0, tflite-int8, tflite-int8-1.0" in res.output
-    assert "(10 files, signed)" in res.output
+    files = sum(1 for p in tiny_bundle["tree"].rglob("*") if p.is_file())      # model.sig included
+    assert f"({files} files, signed)" in res.output
     assert PASSWORD not in res.output
 
 
