@@ -238,6 +238,8 @@ def _check(path: Path | str, x: Arrays, y: Targets) -> tuple[Arrays, Targets]:
                              "per sample")
         if len(t) != n:
             raise UsageError(f"{path}: x has {n} samples but {key} has {len(t)}")
+        if t.size == 0:
+            raise UsageError(f"{path}: {key} has shape {t.shape}; each sample holds no values")
         if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
             raise UsageError(f"{path}: {key} holds NaN or Inf")
     if isinstance(y, np.ndarray) and y.ndim == 1 and np.issubdtype(y.dtype, np.floating) \

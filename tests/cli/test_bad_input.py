@@ -116,6 +116,10 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
         p = tmp / "hollow.npz"
         np.savez(p, x=np.zeros((len(x), 1, 0, 8), np.float32), y=y)
         return ["-t", "tflite-int8", *base, "--data", str(p)], "hollow.npz: x has shape (160, 1, 0, 8)"
+    if name == "targets that hold no values":
+        p = tmp / "hollow_y.npz"
+        np.savez(p, x=x, y=np.zeros((len(x), 0), np.int8))
+        return ["-t", "tflite-int8", *base, "--data", str(p)], "hollow_y.npz: y has shape (160, 0)"
     if name == "string input":
         p = tmp / "text.npz"
         np.savez(p, x=np.array([["a short sentence"]] * len(y)), y=y)
@@ -235,7 +239,8 @@ CASES = ["unknown target", "unknown profile key", "removed key validate.referenc
          "x/y length mismatch", "NaN in the data", "Inf in the data", "too few calibration samples",
          "non-numeric label", "output folder is a file",
          "x.<name> not a forward argument", "both x and x.<name>", "scikit-learn style x_train / x_test",
-         "inputs of different lengths", "empty input array", "samples that hold no values", "string input",
+         "inputs of different lengths", "empty input array", "samples that hold no values",
+         "targets that hold no values", "string input",
          "object input", "complex input", "y.<name> length mismatch", "both y and y.<name>",
          "class id far beyond any class count", "labels not a list of names", "labels.txt not UTF-8",
          "calibration and evaluation files share samples", "training data shares samples with the evaluation data",
