@@ -19,6 +19,19 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The longest files first (measured with --durations), so that the two workers finish
+# together instead of one starting a ten-minute file while the other has nothing left.
+SLOW_FIRST = ("tests/pipeline/test_default_build.py", "tests/zoo/test_zoo_builds.py", "tests/pipeline/test_target_all.py",
+              "tests/pipeline/test_build.py", "tests/zoo/test_zoo_compression.py", "tests/pipeline/test_cache.py",
+              "tests/pipeline/test_build_devices.py", "tests/bench/test_bench_command.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        return next((i for i, f in enumerate(SLOW_FIRST) if item.nodeid.startswith(f)), len(SLOW_FIRST))
+
+    items.sort(key=rank)           # stable: each file's own order is kept
+
 TINY_MODEL = textwrap.dedent('''
     import torch
     from torch import nn
