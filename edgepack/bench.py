@@ -96,10 +96,11 @@ def reference_io(b: BundleUnderTest) -> tuple[dict[str, np.ndarray], list | None
 
 
 def self_check_on(b: BundleUnderTest, device: str, outputs: list[np.ndarray] | None, workdir: Path,
+                  result: dict[str, Any] | None = None,
                   timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The self-check of one device: its outputs on reference.npz's inputs (`outputs`, where
-    the run was on them; else one untimed run here) against the expected ones. Returns the
-    check and the runner's result of the run made here (None when none was)."""
+    """The self-check of one device: its outputs on reference.npz's inputs (`outputs` and the
+    runner's `result`, where the run was on them; else one untimed run here) against the
+    expected ones. Returns the check and the runner's result."""
     from . import selfcheck
     from .devices import run_on_device
 
@@ -111,7 +112,6 @@ def self_check_on(b: BundleUnderTest, device: str, outputs: list[np.ndarray] | N
     inputs, expected, _ = reference_io(b)
     if expected is None:
         return refused(f"{b.path}: reference.npz holds no expected outputs")
-    result = None
     if outputs is None:
         path = workdir / "reference-inputs.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,9 @@ def self_check_on(b: BundleUnderTest, device: str, outputs: list[np.ndarray] | N
         run = run_on_device(device, b.model, path, warmup=0, runs=1, threads=None, workdir=workdir,
                             timeout_s=timeout_s, output_names=names)
         outputs, result = run.outputs, run.result
-    check = selfcheck.compare(outputs, expected, b.manifest.get("outputs", []), selfcheck.tolerance_of(b.manifest))
+    tol, kind = selfcheck.tolerance_of(b.manifest, result)
+    check = selfcheck.compare(outputs, expected, b.manifest.get("outputs", []), tol)
+    check["tolerance"] = kind
     return check, result
 
 
@@ -183,7 +185,8 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
                 row.update(score_run(b.report, run.outputs, y, expected, b.manifest.get("outputs", [])))
                 try:
                     # On --data the timed run saw other inputs: one more run on reference.npz's.
-                    check, _ = self_check_on(b, dev, None if data else run.outputs, tmp / f"check-{i}")
+                    check, _ = self_check_on(b, dev, None if data else run.outputs, tmp / f"check-{i}",
+                                             None if data else run.result)
                 except DeviceError as e:
                     check = {"self_check": "fail", "why": f"the reference run failed: {str(e).splitlines()[0]}",
                              "worst": None, "outputs": []}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import selfcheck
 from .artifacts import atomic_write_json
 from .bundle import bundle_name, make_manifest, model_filename, write_bundle
 from .config import Settings, load_settings
@@ -148,7 +149,9 @@ def _write_outputs(p: Prepared, result: BuildResult) -> BuildOutcome:
     for plot in plots:
         files[plot] = scratch / plot
     manifest = make_manifest(name=name, target=p.target, artifact=art, io=p.target.io_details(art), data=ctx.data,
-                             labels=ctx.data.labels, settings=p.settings, teacher=ctx.teacher, created_at=created)
+                             labels=ctx.data.labels, settings=p.settings, teacher=ctx.teacher, created_at=created,
+                             reference_run=selfcheck.run_identity(next(
+                                 (d for d in report["devices"] if d.get("self_check") == "reference"), None)))
     signed: list[str] = []
     sign = None
     if p.settings.bundle.sign_key:

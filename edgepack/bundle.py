@@ -42,7 +42,8 @@ def model_filename(artifact: Any) -> str:
 
 
 def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[dict[str, Any]]],
-                  data: Any, labels: list[str], settings: Any, teacher: Any, created_at: str) -> dict[str, Any]:
+                  data: Any, labels: list[str], settings: Any, teacher: Any, created_at: str,
+                  reference_run: dict[str, Any] | None = None) -> dict[str, Any]:
     pre = dict(data.preprocessing)
     inputs = [dict(i, preprocessing=pre) for i in io["inputs"]]
     return {
@@ -59,8 +60,9 @@ def make_manifest(*, name: str, target: Any, artifact: Any, io: dict[str, list[d
         "batch": "dynamic" if any((i.get("shape") or [1])[0] in (-1, None) for i in inputs) else 1,
         "preprocessing": pre,
         "labels": labels,
-        # The tolerance any device's outputs on reference.npz are held to (edgepack/selfcheck.py).
-        "self_check": settings["validate"].self_check.model_dump(mode="json"),
+        # The tolerance any device's outputs on reference.npz are held to (edgepack/selfcheck.py),
+        # and the runtime that made them (it gets the tighter bound).
+        "self_check": {**settings["validate"].self_check.model_dump(mode="json"), "reference_run": reference_run},
         "runtime": {"name": target.runtime, "min_version": target.runtime_min_version,
                     **({"config": dict(target.runtime_config)} if target.runtime_config else {}),
                     **({"alternatives": target.runtime_alternatives} if getattr(target, "runtime_alternatives", None) else {})},

@@ -12,6 +12,10 @@ those outputs back, within a tolerance set by each output's dtype:
   bound scales with the output because a float kernel on another ISA sums in another
   order, and OpenVINO on ARM runs f16 where the host ran f32 or bf16.
 
+Those bounds hold for the runtime that made the expected outputs (same name, version and
+CPU architecture); any other runtime gets the profile's `across` bounds, since ARM and
+x86 kernels, or two versions, round an int8 body differently.
+
 A failing self-check fails its device even when its accuracy happens to pass: the file
 that ran is not the one that was measured, or the runtime computes something else.
 """
@@ -25,15 +29,45 @@ from pydantic import BaseModel, ConfigDict, Field
 QUANTIZED = ("int8", "uint8")
 
 
-class SelfCheckTolerance(BaseModel):
-    """`[validate.self_check]`: how far a device's outputs may stray from reference.npz's."""
+class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rtol: float = Field(1e-3, ge=0, description="float outputs: share of the output's largest |expected|")
     atol: float = Field(1e-6, ge=0, description="float outputs: absolute slack")
     int8_steps: float = Field(1.0, ge=0, description="int8/uint8 outputs: quantization steps")
 
 
-def _allowed(spec: dict[str, Any], expected: np.ndarray, tol: SelfCheckTolerance) -> tuple[float, str]:
+class AcrossTolerance(Tolerance):
+    """The bounds for any runtime but the one that made the expected outputs."""
+    rtol: float = Field(0.02, ge=0)
+    atol: float = Field(1e-5, ge=0)
+    int8_steps: float = Field(2.0, ge=0)
+
+
+class SelfCheckTolerance(Tolerance):
+    """`[validate.self_check]`: how far a device's outputs may stray from reference.npz's.
+    The top level holds for the runtime that made them (same name, version and CPU
+    architecture: it should give them back nearly exactly); `across` for any other, whose
+    kernels round differently (an int8 body with float outputs differs by more than steps)."""
+    across: AcrossTolerance = AcrossTolerance()
+
+
+def run_identity(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What makes two runs the same runtime: its name, version and the CPU architecture."""
+    if not result:
+        return None
+    rt = result.get("runtime") or {}
+    return {"runtime": rt.get("name"), "version": rt.get("version"), "arch": result.get("arch")}
+
+
+def tolerance_for(tol: SelfCheckTolerance, reference_run: dict[str, Any] | None,
+                  result: dict[str, Any] | None) -> tuple[Tolerance, str]:
+    """The tolerance for one device run: (tolerance, "same runtime" | "across runtimes")."""
+    if reference_run and run_identity(result) == reference_run:
+        return tol, "same runtime"
+    return tol.across, "across runtimes"
+
+
+def _allowed(spec: dict[str, Any], expected: np.ndarray, tol: Tolerance) -> tuple[float, str]:
     dtype = str(spec.get("dtype") or "float32")
     scale = float(spec.get("scale") or 0.0)
     if dtype in QUANTIZED and scale > 0:
@@ -46,10 +80,10 @@ def _allowed(spec: dict[str, Any], expected: np.ndarray, tol: SelfCheckTolerance
 
 
 def compare(outputs: Iterable[np.ndarray], expected: Iterable[np.ndarray], specs: list[dict[str, Any]],
-            tol: SelfCheckTolerance | None = None) -> dict[str, Any]:
+            tol: Tolerance | None = None) -> dict[str, Any]:
     """{"self_check": "pass" | "fail", "worst": {...}, "outputs": [...]} for outputs in the
     model's own layout, one (N, ...) array per output; the first len(expected) samples count."""
-    tol = tol or SelfCheckTolerance()
+    tol = tol or Tolerance()
     outputs, expected = list(outputs), list(expected)
     rows: list[dict[str, Any]] = []
     if len(outputs) != len(expected):
@@ -107,18 +141,8 @@ def cell(entry: dict[str, Any]) -> str:
     return text if detail["self_check"] == "pass" else "**FAIL** " + text.removeprefix("fail ")
 
 
-def tolerance_of(manifest: dict[str, Any]) -> SelfCheckTolerance:
-    """The tolerance a bundle was built with (its manifest), else the default."""
-    return SelfCheckTolerance(**(manifest.get("self_check") or {}))
-
-
-def read_reference(path) -> tuple[dict[str, np.ndarray], list[np.ndarray] | None]:
-    """(inputs by name, expected outputs in output order or None) from a reference.npz."""
-    with np.load(path) as z:
-        files = list(z.files)
-        inputs = {k[2:]: z[k] for k in files if k.startswith("x.")}
-        expected = [z[k] for k in files if k.startswith("expected.")] or (
-            [z["expected_outputs"]] if "expected_outputs" in files else None)
-        if not inputs and "x" in files:
-            inputs = {"": z["x"]}
-    return inputs, expected
+def tolerance_of(manifest: dict[str, Any], result: dict[str, Any] | None) -> tuple[Tolerance, str]:
+    """The tolerance a bundle was built with (its manifest, else the default) for one run."""
+    given = dict(manifest.get("self_check") or {})
+    reference_run = given.pop("reference_run", None)
+    return tolerance_for(SelfCheckTolerance(**given), reference_run, result)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgepack.selfcheck import SelfCheckTolerance, compare, describe
+from edgepack.selfcheck import AcrossTolerance, SelfCheckTolerance, compare, describe, run_identity, tolerance_for
 
 INT8 = {"name": "logits", "dtype": "int8", "scale": 0.05, "zero_point": 3}
 FLOAT = {"name": "embedding", "dtype": "float32"}
@@ -48,3 +48,18 @@ def test_nan_shape_count_and_integer_outputs_fail_plainly():
     spec = {"name": "ids", "dtype": "int64"}
     assert compare([ids], [ids], [spec])["self_check"] == "pass"
     assert compare([ids + np.array([[0, 0], [0, 1]])], [ids], [spec])["self_check"] == "fail"
+
+
+def test_the_runtime_that_made_the_reference_gets_the_tight_bound_any_other_the_across_one():
+    tol = SelfCheckTolerance(rtol=1e-4, across=AcrossTolerance(rtol=0.1))
+    host = {"runtime": {"name": "openvino", "version": "2026.4.1"}, "arch": "x86_64", "cpu": {"model": "EPYC"}}
+    arm = {"runtime": {"name": "openvino", "version": "2026.4.1"}, "arch": "aarch64"}
+    older = {"runtime": {"name": "openvino", "version": "2026.3.0"}, "arch": "x86_64"}
+    ref = run_identity(host)
+    assert tolerance_for(tol, ref, dict(host, cpu={"model": "Xeon"})) == (tol, "same runtime")
+    assert tolerance_for(tol, ref, arm) == (tol.across, "across runtimes")
+    assert tolerance_for(tol, ref, older) == (tol.across, "across runtimes")
+    assert tolerance_for(tol, None, host) == (tol.across, "across runtimes")     # a bundle that does not say
+    e = np.full((2, 3), 10.0, np.float32)
+    assert compare([e * 1.05], [e], [FLOAT], tolerance_for(tol, ref, arm)[0])["self_check"] == "pass"
+    assert compare([e * 1.05], [e], [FLOAT], tolerance_for(tol, ref, host)[0])["self_check"] == "fail"

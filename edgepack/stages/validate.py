@@ -149,6 +149,7 @@ class ValidateStage(Stage):
         source = "host" if "host" in raw else next(iter(raw), None)
         host_outputs = raw.get(source)
         n = min(config.reference_inputs, len(ev))
+        by_device = {d["name"]: d for d in devices}
         by_name = {o["name"]: o for o in ctx.target.io_details(artifact)["outputs"]} if len(raw) > 1 else {}
         specs = [by_name.get(o, {"name": o}) for o in ctx.output_names]
         for d in devices:
@@ -157,8 +158,9 @@ class ValidateStage(Stage):
             if d["name"] == source:
                 d["self_check"] = "reference"
                 continue
-            check = selfcheck.compare([o[:n] for o in raw[d["name"]]], [o[:n] for o in host_outputs], specs,
-                                      config.self_check)
+            tol, kind = selfcheck.tolerance_for(config.self_check, selfcheck.run_identity(by_device[source]), d)
+            check = selfcheck.compare([o[:n] for o in raw[d["name"]]], [o[:n] for o in host_outputs], specs, tol)
+            check["tolerance"] = kind
             d["self_check"], d["self_check_detail"] = check["self_check"], check
             if check["self_check"] == "fail":
                 d["gate_failed"] = f"self-check against {source}: {selfcheck.describe(check)}"

@@ -147,10 +147,13 @@ def bundles(tiny_all) -> dict[str, Path]:
 def test_every_build_records_its_self_check_tolerance(bundles):
     for target, tree in bundles.items():
         manifest = json.loads((tree / "manifest.json").read_text())
-        assert set(manifest["self_check"]) == {"rtol", "atol", "int8_steps"}, target
+        check = manifest["self_check"]
+        assert set(check) == {"rtol", "atol", "int8_steps", "across", "reference_run"}, target
         report = json.loads((tree / "report.json").read_text())
         host = next(d for d in report["devices"] if d["name"] == "host")
         assert host["self_check"] == "reference"            # its outputs are reference.npz's
+        assert check["reference_run"] == {"runtime": host["runtime"]["name"], "version": host["runtime"]["version"],
+                                          "arch": host["arch"]}
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
@@ -160,6 +163,7 @@ def test_verify_passes_an_untouched_bundle_and_fails_one_changed_weight(bundles,
     doc = json.loads(res.stdout)
     assert doc["passed"] and doc["devices"][0]["self_check"] == "pass"
     assert doc["devices"][0]["detail"]["worst"]["max_abs_error"] == 0      # the same file on the same runtime
+    assert doc["devices"][0]["detail"]["tolerance"] == "same runtime"
 
     tree = tmp_path / bundles[target].name
     shutil.copytree(bundles[target], tree)
