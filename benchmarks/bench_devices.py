@@ -8,8 +8,10 @@ host and qemu-aarch64; run `edgepack device setup qemu-aarch64` first), so both 
 and the reference run through the same device runner on every device: on-device
 accuracy on the whole evaluation split, then warm-up and timed runs. Emulated timings
 (qemu) are comparable only with each other, never with the host's or a real board's; a
-target whose runtime does not run under the emulator is listed with the reason. Prints a
-table and writes benchmarks/results/devices.json.
+target whose runtime does not run under the emulator is listed with the reason. Where the
+runner profiles per operator (executorch-arm's .pte under the C++ runner, from ETDump),
+the row keeps the five operators that took longest. Prints a table and writes
+benchmarks/results/devices.json.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def device_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
                 row.update(arch=d.get("arch"), emulated=d.get("emulated"), cpu=d.get("cpu"), runtime=d.get("runtime"),
                            accuracy=d["accuracy"], p50_ms=d["latency_ms"]["p50"], p90_ms=d["latency_ms"]["p90"],
                            init_ms=d["init_ms"], peak_rss_mb=d.get("peak_rss_mb"), runs=d.get("runs"))
+                if (d.get("profile") or {}).get("ops"):    # ETDump, from the C++ ExecuTorch runner
+                    row["profile"] = {"source": d["profile"]["source"], "runs": d["profile"].get("runs"),
+                                      "method_ms": d["profile"].get("method_ms"), "top_ops": d["profile"]["ops"][:5]}
             rows.append(row)
     return rows
 
@@ -76,6 +81,13 @@ def main() -> None:
             continue
         print(f"{head}{'EMULATED' if x['emulated'] else 'no':>9}{x['accuracy']:>8.2f}{x['init_ms']:>9.1f}"
               f"{x['p50_ms']:>10.3f}{x['p90_ms']:>10.3f}{x['peak_rss_mb'] or 0:>8.1f}")
+    for x in rows:
+        if "profile" in x:
+            p = x["profile"]
+            print(f"\n{x['target']} {x['model']} on {x['device']} ({x['runtime']['name']}): top operators by time "
+                  f"({p['source']}, mean of {p['runs']} runs; whole method {p['method_ms']:.3f} ms)")
+            for op in p["top_ops"]:
+                print(f"  {op['ms']:>10.3f} ms  {op['calls']:>3}x  {op['type']:<9} {op['name']}")
     print(f"wrote {args.json}")
 
 

@@ -141,6 +141,8 @@ def run_bench(bundles: list[Path], devices: list[str], *, data: str | None, warm
                 r = run.result
                 row.update({k: r.get(k) for k in ("arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
                                                   "init_ms", "latency_ms", "samples_ms", "peak_rss_mb")})
+                if r.get("profile"):
+                    row["profile"] = r["profile"]
                 row.update(score_run(b.report, run.outputs, y, expected, b.manifest.get("outputs", [])))
                 acc = row.get("accuracy")
                 if dev == "host":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the tests need from Debian: the aarch64 user-mode emulator (qemu device) and an
-# ssh server and client (the ssh transport is tested against a real sshd on loopback).
+# What the tests need from Debian: the aarch64 user-mode emulator (qemu device), an ssh
+# server and client (the ssh transport is tested against a real sshd on loopback), and the
+# C++ compilers that build the ExecuTorch runner (executorch_cpp) for x86-64 and aarch64.
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -8,6 +9,8 @@ need=()
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
+command -v g++ >/dev/null || need+=(g++)
+command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

@@ -182,6 +182,18 @@ class Models:
             np.savez(path, ids=np.random.default_rng(3).integers(0, VOCAB, (n, IDS), dtype=np.int64))
         return path
 
+    @staticmethod
+    def executorch_outputs(model: Path, inputs: Path) -> np.ndarray:
+        """What the Python ExecuTorch runtime gives for every sample of a one-input .pte, in this
+        process (runner.py's executorch session, without a subprocess that imports torch again)."""
+        import torch
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(model)).load_method("forward")
+        with np.load(inputs) as z:
+            x = z[z.files[0]]
+        return np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])
+
     def inputs(self, layout: str = "nhwc", n: int = 6) -> Path:
         path = self.root / f"inputs-{layout}-{n}.npz"
         if not path.exists():

@@ -44,18 +44,6 @@ RESULT_KEYS = {"schema", "runtime", "model", "arch", "cpu", "threads", "warmup",
                "samples_ms", "peak_rss_mb", "n_inputs", "outputs", "io"}
 
 
-def python_runtime(model, inputs) -> np.ndarray:
-    """What the Python ExecuTorch runtime gives for every sample, in this process (runner.py's
-    executorch session, without a subprocess that imports torch again)."""
-    import torch
-    from executorch.runtime import Runtime
-
-    method = Runtime.get().load_program(str(model)).load_method("forward")
-    with np.load(inputs) as z:
-        x = z[z.files[0]]
-    return np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])
-
-
 def check_result(r, n_inputs):
     """The same contract as runner.py's result, plus the ETDump profile; returns the ops by name."""
     assert RESULT_KEYS <= set(r) and r["schema"] == SCHEMA and r["runtime"]["name"] == "executorch_cpp"
@@ -83,7 +71,7 @@ def test_host_cpp_matches_the_python_runtime(host_cpp, models, tmp_path, kind):
     ops = check_result(cpp.result, 6)
     assert cpp.result["arch"] == "x86_64" and cpp.result["cpu"] == cpu_info() and cpp.result["emulated"] is False
     assert cpp.result["outputs"] == ["logits"] and cpp.outputs[0].shape == (6, 10)
-    np.testing.assert_allclose(cpp.outputs[0], python_runtime(model, inputs), rtol=1e-6, atol=1e-6)   # same kernels
+    np.testing.assert_allclose(cpp.outputs[0], models.executorch_outputs(model, inputs), rtol=1e-6, atol=1e-6)   # same kernels
     assert any(op["type"] == "xnnpack" and "Convolution" in name for name, op in ops.items()), ops
     assert "mean.out" in ops or any("Mean" in name for name in ops), ops
 
@@ -92,7 +80,7 @@ def test_host_cpp_int64_ids_and_portable_kernels(host_cpp, models, tmp_path):
     cpp = run_on_device(host_cpp, models.pte_ids, models.ids(), workdir=tmp_path, **KW)
     ops = check_result(cpp.result, 6)
     assert cpp.result["io"]["inputs"][0]["dtype"] == "int64"            # ids stay int64
-    np.testing.assert_allclose(cpp.outputs[0], python_runtime(models.pte_ids, models.ids()), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cpp.outputs[0], models.executorch_outputs(models.pte_ids, models.ids()), rtol=1e-6, atol=1e-6)
     assert ops["embedding.out"]["type"] == "kernel"                      # not delegated: a CPU kernel ran it
 
 
@@ -141,7 +129,18 @@ def _not_a_program(tmp, models):
     return tmp / "m.pte", r"loading m\.pte: "
 
 
-BAD = {"compressed npz": _compressed, "floats for int64 ids": _floats_for_ids, "input count": _two_inputs,
+def _wrong_shape(tmp, models):
+    np.savez(tmp / "in.npz", x=np.zeros((2, 3, 9, 9), np.float32))
+    return models.pte, (r"executing forward failed: .* \(sample 0: input_0 float32 \(1, 3, 9, 9\); the model "
+                        r"takes input_0 float32 \(1, 3, 8, 8\)\)")
+
+
+def _no_model(tmp, models):
+    np.savez(tmp / "in.npz", x=np.zeros((1, 3, 8, 8), np.float32))
+    return tmp / "nope.pte", r"nope\.pte: cannot open the model file"
+
+
+BAD = {"wrong shape": _wrong_shape, "no model file": _no_model, "compressed npz": _compressed, "floats for int64 ids": _floats_for_ids, "input count": _two_inputs,
        "ragged samples": _ragged, "not a program": _not_a_program}
 
 
@@ -185,7 +184,7 @@ def test_a_stale_build_asks_for_setup_again(host_cpp, models, tmp_path, monkeypa
 def test_qemu_cpp_runs_arm_kernels(qemu_root, models, tmp_path, kind):
     model, inputs = getattr(models, kind), models.inputs("nchw")
     arm = run_on_device("qemu-aarch64", model, inputs, workdir=tmp_path, **KW)
-    host = python_runtime(model, inputs)
+    host = models.executorch_outputs(model, inputs)
     ops = check_result(arm.result, 6)
     assert arm.result["arch"] == "aarch64" and arm.result["emulated"] is True
     assert "asimd" in arm.result["cpu"]["isa"] and "emulated" in arm.result["cpu"]["model"]
@@ -200,4 +199,4 @@ def test_qemu_cpp_runs_arm_kernels(qemu_root, models, tmp_path, kind):
 def test_qemu_cpp_int64_ids(qemu_root, models, tmp_path):
     arm = run_on_device("qemu-aarch64", models.pte_ids, models.ids(), workdir=tmp_path, **KW)
     assert check_result(arm.result, 6)["embedding.out"]["calls"] == 1
-    np.testing.assert_allclose(arm.outputs[0], python_runtime(models.pte_ids, models.ids()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(arm.outputs[0], models.executorch_outputs(models.pte_ids, models.ids()), rtol=1e-5, atol=1e-5)

@@ -245,6 +245,12 @@ std::string join(const std::vector<std::string>& xs) {
   return out;
 }
 
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (auto d : shape) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return "(" + s + (shape.size() == 1 ? ",)" : ")");
+}
+
 Json summarize(std::vector<double> a) {
   std::sort(a.begin(), a.end());
   double n = double(a.size()), sum = 0, sq = 0;
@@ -379,15 +385,12 @@ Json run(const Args& args) {
   }
   if (!same) {
     std::vector<std::string> shapes;
-    for (const auto& a : given) {
-      std::string s;
-      for (auto d : a.shape) s += (s.empty() ? "" : ", ") + std::to_string(d);
-      shapes.push_back(a.name + " (" + s + (a.shape.size() == 1 ? ",)" : ")"));
-    }
+    for (const auto& a : given) shapes.push_back(a.name + " " + shape_text(a.shape));
     throw RunnerError(basename(args.inputs) + ": the inputs need the same number (> 0) of samples, got " +
                       join(shapes));
   }
 
+  if (!std::ifstream(args.model)) throw RunnerError(args.model + ": cannot open the model file");
   executorch::runtime::runtime_init();
   Json runtime = Json::object().set("name", kRuntime).set("version", EDGEPACK_EXECUTORCH_VERSION)
                      .set("runner_source", EDGEPACK_RUNNER_SOURCE);
@@ -439,7 +442,21 @@ Json run(const Args& args) {
   std::vector<std::vector<int64_t>> first_shape(wanted.size());
   std::vector<executorch::extension::TensorPtr> keep;
   for (int64_t i = 0; i < n_samples; ++i) {
-    auto got = execute(*module, sample(inputs, i, keep));
+    std::vector<EValue> got;
+    try {
+      got = execute(*module, sample(inputs, i, keep));
+    } catch (const RunnerError& e) {       // most often a sample of another shape than the model's
+      std::vector<std::string> given_desc, taken;
+      for (size_t k = 0; k < inputs.size(); ++k) {
+        std::vector<int64_t> one(inputs[k].shape);
+        one[0] = 1;
+        given_desc.push_back(m.input_names[k] + " " + dtype_name(inputs[k].descr) + " " + shape_text(one));
+        taken.push_back(m.input_names[k] + " " + dtype_name(m.input_descr[k]) + " " +
+                        shape_text(std::vector<int64_t>(m.input_sizes[k].begin(), m.input_sizes[k].end())));
+      }
+      throw RunnerError(std::string(e.what()) + " (sample " + std::to_string(i) + ": " + join(given_desc) +
+                        "; the model takes " + join(taken) + ")");
+    }
     for (size_t k = 0; k < wanted.size(); ++k) {
       const EValue& v = got.at(order[k]);
       if (!v.isTensor()) throw RunnerError(wanted[k] + " is not a tensor: the runner returns tensors only");
