@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "cpu_info.h"
+#include "dtypes.h"
 #include "etdump_profile.h"
 #include "json.h"
 #include "npz.h"
@@ -141,87 +142,6 @@ void check(Error e, const std::string& what) {
   if (e != Error::Ok) throw RunnerError(what + ": " + error_text(e));
 }
 
-// numpy's type string <-> ExecuTorch's ScalarType, for the dtypes a .pte takes and gives.
-const std::vector<std::pair<std::string, ScalarType>>& dtypes() {
-  static const std::vector<std::pair<std::string, ScalarType>> table = {
-      {"<f4", ScalarType::Float}, {"<f8", ScalarType::Double}, {"<f2", ScalarType::Half},
-      {"|i1", ScalarType::Char},  {"|u1", ScalarType::Byte},   {"<i2", ScalarType::Short},
-      {"<i4", ScalarType::Int},   {"<i8", ScalarType::Long},   {"|b1", ScalarType::Bool}};
-  return table;
-}
-
-ScalarType to_scalar(const std::string& descr) {
-  for (auto& [d, t] : dtypes()) if (d == descr) return t;
-  throw RunnerError("dtype " + descr + " has no ExecuTorch scalar type here");
-}
-
-std::string to_descr(ScalarType t) {
-  for (auto& [d, s] : dtypes()) if (s == t) return d;
-  throw RunnerError(std::string("output dtype ") + executorch::runtime::toString(t) + " has no numpy type here");
-}
-
-std::string dtype_name(const std::string& descr) {
-  static const std::map<std::string, std::string> names = {
-      {"<f4", "float32"}, {"<f8", "float64"}, {"<f2", "float16"}, {"|i1", "int8"}, {"|u1", "uint8"},
-      {"<i2", "int16"},   {"<i4", "int32"},   {"<i8", "int64"},   {"|b1", "bool"}, {"<u2", "uint16"},
-      {"<u4", "uint32"},  {"<u8", "uint64"}};
-  auto it = names.find(descr);
-  return it == names.end() ? descr : it->second;
-}
-
-template <typename To>
-void cast_from(const npz::Array& a, std::vector<uint8_t>& out) {
-  size_t n = size_t(a.count());
-  out.resize(n * sizeof(To));
-  To* dst = reinterpret_cast<To*>(out.data());
-  const uint8_t* src = a.data.data();
-  const std::string& d = a.descr;
-  auto load = [&](auto tag, size_t i) {
-    using From = decltype(tag);
-    From v;
-    std::memcpy(&v, src + i * sizeof(From), sizeof(From));
-    return static_cast<To>(v);
-  };
-  for (size_t i = 0; i < n; ++i) {
-    if (d == "<f4") dst[i] = load(float(), i);
-    else if (d == "<f8") dst[i] = load(double(), i);
-    else if (d == "|i1") dst[i] = load(int8_t(), i);
-    else if (d == "|u1") dst[i] = load(uint8_t(), i);
-    else if (d == "<i2") dst[i] = load(int16_t(), i);
-    else if (d == "<u2") dst[i] = load(uint16_t(), i);
-    else if (d == "<i4") dst[i] = load(int32_t(), i);
-    else if (d == "<u4") dst[i] = load(uint32_t(), i);
-    else if (d == "<i8") dst[i] = load(int64_t(), i);
-    else if (d == "<u8") dst[i] = load(uint64_t(), i);
-    else if (d == "|b1") dst[i] = load(uint8_t(), i);
-  }
-}
-
-// An input array in the dtype the model takes: as it is when they agree; a float array
-// for a float input of another width, an integer (or bool) one for an integer input, cast
-// as numpy's astype would; anything else is a mismatch the runner names.
-npz::Array as_model_dtype(npz::Array a, const std::string& want, const std::string& input) {
-  if (a.descr == want) return a;
-  bool from_float = a.descr[1] == 'f', to_float = want[1] == 'f';
-  bool ok = from_float ? to_float : !to_float && want != "|b1";
-  if (!ok || want == "<f2")
-    throw RunnerError(input + ": the model takes " + dtype_name(want) + ", the inputs file gives " +
-                      dtype_name(a.descr) + (from_float && !to_float ? " (a .pte holds no input quantization "
-                                                                      "scale to quantize floats with)" : ""));
-  std::vector<uint8_t> out;
-  if (want == "<f4") cast_from<float>(a, out);
-  else if (want == "<f8") cast_from<double>(a, out);
-  else if (want == "|i1") cast_from<int8_t>(a, out);
-  else if (want == "|u1") cast_from<uint8_t>(a, out);
-  else if (want == "<i2") cast_from<int16_t>(a, out);
-  else if (want == "<i4") cast_from<int32_t>(a, out);
-  else if (want == "<i8") cast_from<int64_t>(a, out);
-  else throw RunnerError(input + ": cannot cast " + dtype_name(a.descr) + " to " + dtype_name(want));
-  a.data = std::move(out);
-  a.descr = want;
-  return a;
-}
-
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -290,11 +210,11 @@ Model describe(Module& module) {
     auto info = meta->input_tensor_meta(i);
     check(info.error(), name);
     m.input_names.push_back(name);
-    m.input_descr.push_back(to_descr(info->scalar_type()));
+    m.input_descr.push_back(edgepack::to_descr(info->scalar_type()));
     m.input_sizes.emplace_back(info->sizes().begin(), info->sizes().end());
     ins.push(Json::object().set("name", name)
                  .set("shape", std::vector<long>(info->sizes().begin(), info->sizes().end()))
-                 .set("dtype", dtype_name(m.input_descr.back())));
+                 .set("dtype", edgepack::dtype_name(m.input_descr.back())));
   }
   for (size_t i = 0; i < meta->num_outputs(); ++i) {
     std::string name = "output_" + std::to_string(i);
@@ -303,7 +223,7 @@ Model describe(Module& module) {
     auto info = meta->output_tensor_meta(i);
     if (info.ok())
       o.set("shape", std::vector<long>(info->sizes().begin(), info->sizes().end()))
-          .set("dtype", dtype_name(to_descr(info->scalar_type())));
+          .set("dtype", edgepack::dtype_name(edgepack::to_descr(info->scalar_type())));
     outs.push(o);
   }
   m.io.set("n_inputs", meta->num_inputs()).set("n_outputs", meta->num_outputs()).set("inputs", ins)
@@ -320,7 +240,7 @@ std::vector<EValue> sample(std::vector<npz::Array>& inputs, int64_t i,
     std::vector<executorch::aten::SizesType> sizes(a.shape.begin(), a.shape.end());
     sizes[0] = 1;
     size_t row = size_t(a.count() / a.shape[0]) * a.itemsize();
-    keep.push_back(executorch::extension::from_blob(a.data.data() + size_t(i) * row, sizes, to_scalar(a.descr)));
+    keep.push_back(executorch::extension::from_blob(a.data.data() + size_t(i) * row, sizes, edgepack::to_scalar(a.descr)));
     values.emplace_back(keep.back());
   }
   return values;
@@ -420,7 +340,11 @@ Json run(const Args& args) {
   for (size_t i = 0; i < m.input_names.size(); ++i) {
     npz::Array a = by_name ? *std::find_if(given.begin(), given.end(), [&](auto& g) { return g.name == m.input_names[i]; })
                            : given[i];
-    inputs.push_back(as_model_dtype(std::move(a), m.input_descr[i], m.input_names[i]));
+    try {
+      inputs.push_back(edgepack::as_model_dtype(std::move(a), m.input_descr[i], m.input_names[i]));
+    } catch (const edgepack::DtypeError& e) {
+      throw RunnerError(e.what());
+    }
   }
 
   std::vector<std::string> wanted = args.outputs.empty() ? m.output_names : split(args.outputs);
@@ -450,8 +374,8 @@ Json run(const Args& args) {
       for (size_t k = 0; k < inputs.size(); ++k) {
         std::vector<int64_t> one(inputs[k].shape);
         one[0] = 1;
-        given_desc.push_back(m.input_names[k] + " " + dtype_name(inputs[k].descr) + " " + shape_text(one));
-        taken.push_back(m.input_names[k] + " " + dtype_name(m.input_descr[k]) + " " +
+        given_desc.push_back(m.input_names[k] + " " + edgepack::dtype_name(inputs[k].descr) + " " + shape_text(one));
+        taken.push_back(m.input_names[k] + " " + edgepack::dtype_name(m.input_descr[k]) + " " +
                         shape_text(std::vector<int64_t>(m.input_sizes[k].begin(), m.input_sizes[k].end())));
       }
       throw RunnerError(std::string(e.what()) + " (sample " + std::to_string(i) + ": " + join(given_desc) +
@@ -465,7 +389,7 @@ Json run(const Args& args) {
       npz::Array& o = outs[k];
       if (i == 0) {
         o.name = wanted[k];
-        o.descr = to_descr(t.scalar_type());
+        o.descr = edgepack::to_descr(t.scalar_type());
         first_shape[k] = shape;
       } else if (shape != first_shape[k]) {
         throw RunnerError(wanted[k] + " changes shape from one sample to the next");
