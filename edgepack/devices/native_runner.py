@@ -122,6 +122,7 @@ def ensure_runner(arch: str, dest: Path, progress: Progress | None = None) -> Pa
         if stale_reason(dest, arch) is None:
             return dest
         started = time.monotonic()
+        _require_compiler(arch)                # before any download
         build = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
         try:
             sdk = _sdk(arch, build / "sdk", say)
@@ -197,6 +198,14 @@ def _compiler(arch: str) -> str:
     return "g++" if arch == platform.machine() else f"{arch}-linux-gnu-g++"
 
 
+def _require_compiler(arch: str) -> str:
+    cxx = _compiler(arch)
+    if not shutil.which(cxx):
+        package = "g++" if arch == platform.machine() else f"g++-{arch.replace('_', '-')}-linux-gnu"
+        raise ToolchainMissing(f"{cxx} not found: the {arch} C++ runner needs it (apt-get install {package})")
+    return cxx
+
+
 def _compiler_version(arch: str) -> str:
     done = subprocess.run([_compiler(arch), "--version"], check=False, capture_output=True, text=True)
     return done.stdout.splitlines()[0] if done.stdout else ""
@@ -206,10 +215,7 @@ def _compile(arch: str, sdk: Path, out: Path, scratch: Path) -> None:
     """Each source to an object, side by side (two processes), then one link. -O1: the work is
     in the wheel's libraries; the runner's own code is argument parsing and file I/O, and
     -O2 cost half again as long to compile for no difference in the timings."""
-    cxx = _compiler(arch)
-    if not shutil.which(cxx):
-        package = "g++" if cxx == "g++" else f"g++-{arch.replace('_', '-')}-linux-gnu"
-        raise ToolchainMissing(f"{cxx} not found: the {arch} C++ runner needs it (apt-get install {package})")
+    cxx = _require_compiler(arch)
     include = sdk / "include"
     flags = [cxx, "-std=c++17", "-O1", "-pipe", "-w", *(f"-D{d}" for d in _defines(sdk)),
              f'-DEDGEPACK_EXECUTORCH_VERSION="{executorch_version()}"', f'-DEDGEPACK_RUNNER_SOURCE="{source_hash()}"',

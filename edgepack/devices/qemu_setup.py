@@ -137,10 +137,10 @@ def _setup_locked(root: Path, wanted: list[str], say: Progress) -> Path:
     started = time.monotonic()
     state = read_marker(root)
     if state is not None:
-        for runtime in wanted:          # a C++ runner of other sources is built again
+        for runtime in wanted:          # a C++ runner that failed to build, or of other sources, is built again
             record = state["runtimes"].get(runtime)
-            if runtime in NATIVE and record and record.get("ok") and \
-                    native_runner.stale_reason(root / record["site"], "aarch64"):
+            if runtime in NATIVE and record and (not record.get("ok") or
+                                                 native_runner.stale_reason(root / record["site"], "aarch64")):
                 del state["runtimes"][runtime]
     if state is not None and all(r in state["runtimes"] for r in wanted):
         return root
@@ -280,7 +280,12 @@ def _install_native(root: Path, runtime: str, say: Progress) -> dict:
     """Cross-compile the C++ runner into the root's folder for it, then probe it there."""
     started = time.monotonic()
     site = root / "site-packages" / runtime
-    native_runner.ensure_runner("aarch64", site, say)
+    try:
+        native_runner.ensure_runner("aarch64", site, say)
+    except (ToolchainMissing, DeviceError) as e:      # the other runtimes still get set up; the next setup retries
+        say(f"{runtime}: not built: {e}")
+        return {"site": None, "ok": False, "reason": str(e).splitlines()[0],
+                "seconds": round(time.monotonic() - started, 1)}
     state = native_runner.read_marker(site)
     record = {"site": f"site-packages/{runtime}", "size_mb": state["size_mb"], "executorch": state["executorch"],
               "source": state["source"]}

@@ -176,6 +176,18 @@ def test_a_stale_build_asks_for_setup_again(host_cpp, models, tmp_path, monkeypa
         run_on_device(host_cpp, models.pte, models.inputs("nchw"), workdir=tmp_path, **KW)
 
 
+def test_emulator_setup_without_the_cross_compiler_records_why(tmp_path, monkeypatch):
+    from edgepack.devices import qemu_setup
+
+    monkeypatch.setattr(native_runner, "_compiler", lambda arch: "aarch64-no-such-g++")
+    said = []
+    record = qemu_setup._install_native(tmp_path, "executorch_cpp", said.append)
+    assert record["ok"] is False and record["site"] is None
+    assert record["reason"] == ("aarch64-no-such-g++ not found: the aarch64 C++ runner needs it "
+                                "(apt-get install g++-aarch64-linux-gnu)")
+    assert not (tmp_path / "site-packages" / "executorch_cpp").exists() and said
+
+
 # -------------------------------------------------------------------------- the emulator (aarch64)
 
 
