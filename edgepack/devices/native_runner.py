@@ -265,7 +265,8 @@ def probe(argv: list[str], env: dict[str, str] | None = None, timeout_s: float =
                               env=env, cwd=tmp, timeout_s=timeout_s, what=EXECUTABLE)
         if done.returncode != 0:
             last = (tail(done.stderr, 1) or tail(done.stdout, 1))[:240]
-            return {"ok": False, "reason": f"its probe {describe_exit(done.returncode)}" + (f": {last}" if last else "")}
+            said = f"its probe {describe_exit(done.returncode)}" + (f": {last}" if last else "")
+            return {"ok": False, "reason": said}
         with np.load(tmp / "y.npz") as z:
             y = z[z.files[0]]
         if not np.allclose(y.reshape(1, 4), 2 * x + 1):

@@ -3,7 +3,8 @@
 The root (see qemu_setup) holds an arm64 Python 3.11 and one site-packages folder per
 runtime; runner.py is started with the folder of the runtime that loads the model on
 PYTHONPATH. For .pte files the C++ runner (executorch_cpp, in its own folder there) is
-started directly, on the root's dynamic loader and libraries. Timings are marked emulated: comparable with each other, never with hardware.
+started directly, on the root's dynamic loader and libraries. Timings are marked emulated:
+comparable with each other, never with hardware.
 """
 from __future__ import annotations
 

@@ -227,7 +227,8 @@ def test_cpp_runner_is_put_on_the_board_once_and_runs_pte(board, models, tmp_pat
     stamp = (folder / native_runner.EXECUTABLE).stat().st_mtime_ns
     said.clear()
     transport.setup(said.append)                           # already there: nothing copied again
-    assert not any("copying" in line for line in said) and (folder / native_runner.EXECUTABLE).stat().st_mtime_ns == stamp
+    assert not any("copying" in line for line in said)
+    assert (folder / native_runner.EXECUTABLE).stat().st_mtime_ns == stamp
     assert transport.check() is None
 
     run = run_on_device(device, models.pte_int8, models.inputs("nchw"), warmup=1, runs=3, threads=1,

@@ -240,7 +240,8 @@ std::vector<EValue> sample(std::vector<npz::Array>& inputs, int64_t i,
     std::vector<executorch::aten::SizesType> sizes(a.shape.begin(), a.shape.end());
     sizes[0] = 1;
     size_t row = size_t(a.count() / a.shape[0]) * a.itemsize();
-    keep.push_back(executorch::extension::from_blob(a.data.data() + size_t(i) * row, sizes, edgepack::to_scalar(a.descr)));
+    keep.push_back(executorch::extension::from_blob(a.data.data() + size_t(i) * row, sizes,
+                                                    edgepack::to_scalar(a.descr)));
     values.emplace_back(keep.back());
   }
   return values;
@@ -338,8 +339,8 @@ Json run(const Args& args) {
                       join(names) + ")");
   }
   for (size_t i = 0; i < m.input_names.size(); ++i) {
-    npz::Array a = by_name ? *std::find_if(given.begin(), given.end(), [&](auto& g) { return g.name == m.input_names[i]; })
-                           : given[i];
+    auto named = [&](const npz::Array& g) { return g.name == m.input_names[i]; };
+    npz::Array a = by_name ? *std::find_if(given.begin(), given.end(), named) : given[i];
     try {
       inputs.push_back(edgepack::as_model_dtype(std::move(a), m.input_descr[i], m.input_names[i]));
     } catch (const edgepack::DtypeError& e) {
@@ -350,7 +351,8 @@ Json run(const Args& args) {
   std::vector<std::string> wanted = args.outputs.empty() ? m.output_names : split(args.outputs);
   if (wanted.size() != m.output_names.size())
     throw RunnerError("the model has " + std::to_string(m.output_names.size()) + " outputs (" +
-                      join(m.output_names) + "); expected " + std::to_string(wanted.size()) + " (" + join(wanted) + ")");
+                      join(m.output_names) + "); expected " + std::to_string(wanted.size()) + " (" +
+                      join(wanted) + ")");
   // Outputs by name where the wanted names are the model's own, else by position.
   std::vector<std::string> a = wanted, b = m.output_names;
   std::sort(a.begin(), a.end());
