@@ -10,7 +10,8 @@ accuracy on the whole evaluation split, then warm-up and timed runs. Emulated ti
 (qemu) are comparable only with each other, never with the host's or a real board's; a
 target whose runtime does not run under the emulator is listed with the reason. Prints a
 table (with each bundle's self-check against the host's outputs, and the five slowest
-operators where the runtime profiles them) and writes benchmarks/results/devices.json.
+operators where the runtime profiles them: OpenVINO's counters, LiteRT's profiler,
+ExecuTorch's ETDump from the C++ runner) and writes benchmarks/results/devices.json.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def device_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
                            init_ms=d["init_ms"], peak_rss_mb=d.get("peak_rss_mb"), runs=d.get("runs"),
                            self_check=d.get("self_check"),
                            top_ops=[{k: o[k] for k in ("name", "type", "ms")}
-                                    for o in ((d.get("profile") or {}).get("ops") or [])[:5]])
+                                    for o in ((d.get("profile") or {}).get("ops") or [])[:5]],
+                           method_ms=(d.get("profile") or {}).get("method_ms"))
             rows.append(row)
     return rows
 

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, Val
 
 from ..errors import UsageError
 
-RuntimeName = Literal["ai_edge_litert", "tflite_runtime", "openvino", "executorch"]
-ALL_RUNTIMES: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "openvino", "executorch")
+# executorch_cpp: the C++ ExecuTorch runner (edgepack/devices/native_runner.py), no Python needed.
+RuntimeName = Literal["ai_edge_litert", "tflite_runtime", "openvino", "executorch", "executorch_cpp"]
+ALL_RUNTIMES: tuple[str, ...] = ("ai_edge_litert", "tflite_runtime", "openvino", "executorch", "executorch_cpp")
 DEFAULT_QEMU_ROOT = "~/.cache/edgepack/qemu-aarch64"
 # The CPU qemu emulates (`qemu-aarch64 -cpu`). Not qemu's "max" (SVE2, SME, i8mm...): under
 # qemu 7.2 OpenVINO's ARM kernels take paths there that give wrong answers (measured: 22 %
@@ -66,7 +67,7 @@ class LocalDevice(DeviceConfig):
 class QemuDevice(DeviceConfig):
     transport: Literal["qemu"]
     arch: str = "aarch64"
-    runtimes: tuple[RuntimeName, ...] = ("tflite_runtime", "openvino")
+    runtimes: tuple[RuntimeName, ...] = ("tflite_runtime", "openvino", "executorch_cpp")
     root: str | None = None             # emulator root; None: $EDGEPACK_QEMU_ROOT or DEFAULT_QEMU_ROOT
     cpu: Literal["cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1", "a64fx", "max"] = \
         DEFAULT_QEMU_CPU

@@ -1,8 +1,10 @@
 """An aarch64 device emulated on this host by qemu-user: the runner really runs ARM code.
 
 The root (see qemu_setup) holds an arm64 Python 3.11 and one site-packages folder per
-runtime; the runner is started with the folder of the runtime that loads the model on
-PYTHONPATH. Timings are marked emulated: comparable with each other, never with hardware.
+runtime; runner.py is started with the folder of the runtime that loads the model on
+PYTHONPATH. For .pte files the C++ runner (executorch_cpp, in its own folder there) is
+started directly, on the root's dynamic loader and libraries. Timings are marked emulated:
+comparable with each other, never with hardware.
 """
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ import shutil
 from pathlib import Path
 
 from ..errors import DeviceError
+from . import native_runner
 from .config import QemuDevice
 from .qemu_setup import KNOWN_LIMITS, QEMU, emulator_argv, emulator_env, read_marker, setup_qemu_root
-from .runner import RUNTIMES_BY_SUFFIX, cpu_info
-from .transport import HostFilesTransport, RunnerCommand
+from .runner import cpu_info
+from .transport import HostFilesTransport, RunnerCommand, is_native, runtimes_by_suffix
 
 
 class QemuTransport(HostFilesTransport):
@@ -36,7 +39,7 @@ class QemuTransport(HostFilesTransport):
         setup_qemu_root(self.root, progress, runtimes=self.device.runtimes)
 
     def runner_command(self, model: Path) -> RunnerCommand:
-        candidates = RUNTIMES_BY_SUFFIX.get(model.suffix.lower())
+        candidates = runtimes_by_suffix().get(model.suffix.lower())
         if not candidates:
             self.runtimes_for(model)            # raises: no runtime loads this file at all
         listed = [r for r in self.device.runtimes if r in candidates]
@@ -45,6 +48,14 @@ class QemuTransport(HostFilesTransport):
             record = runtimes["runtimes"].get(runtime)
             if record and record.get("ok"):
                 argv = emulator_argv(self.root, self.device.cpu)
+                if is_native(runtime):          # the C++ runner in the root, on the root's loader and libraries
+                    folder = self.root / record["site"]
+                    reason = native_runner.stale_reason(folder, "aarch64")
+                    if reason:
+                        raise DeviceError(f"{runtime} in the emulator root: {reason}: run "
+                                          f"`edgepack device setup {self.device.name}`")
+                    return RunnerCommand(argv=argv[:-1] + [str(folder / native_runner.EXECUTABLE)],
+                                         runtimes=[runtime], env=emulator_env(self.root, None), script=None)
                 if self.device.python:          # another interpreter inside the root
                     argv[-1] = str(self.root / self.device.python.lstrip("/"))
                 return RunnerCommand(argv=argv, runtimes=[runtime], env=emulator_env(self.root, runtime))

@@ -4,6 +4,8 @@
       usr/bin/python3.11          run as `qemu-aarch64-static -L ROOT ROOT/usr/bin/python3.11`
       site-packages/<runtime>/    aarch64 wheels, one folder per runtime (numpy versions clash:
                                   tflite-runtime 2.14 needs numpy 1.x, executorch 2.x)
+      site-packages/executorch_cpp/   the C++ ExecuTorch runner, cross-compiled against the
+                                  aarch64 executorch wheel, with its libraries (native_runner)
       edgepack-qemu.json          the marker, written last: which runtimes run, and why not
 
 Nothing touches the host's apt: the arm64 package lists live in a private apt state
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeviceError, ToolchainMissing, UsageError
+from . import native_runner
 from .config import DEFAULT_QEMU_CPU
 from .qemu_probes import probe_model, probe_script
 from .transport import describe_exit, run_subprocess, tail
@@ -65,10 +68,12 @@ WHEELS: dict[str, tuple[tuple[str, ...], bool]] = {
 # Seen here, so that a runtime nobody set up can still be explained.
 KNOWN_LIMITS = {
     "executorch": "its Python runtime imports torch, and PyPI's aarch64 torch 2.13.0 is a CUDA build "
-                  "that does not import without GBs of CUDA wheels (seen with executorch 1.5.1)",
+                  "that does not import without GBs of CUDA wheels (seen with executorch 1.5.1); "
+                  f"the C++ runner ({native_runner.RUNTIME}) runs .pte files here instead",
 }
 ALIASES = {"tflite": "tflite_runtime", "litert": "ai_edge_litert"}
-DEFAULT_RUNTIMES = ("tflite_runtime", "openvino")
+NATIVE = (native_runner.RUNTIME,)      # built here rather than unpacked from wheels
+DEFAULT_RUNTIMES = ("tflite_runtime", "openvino", native_runner.RUNTIME)
 PROBE_TIMEOUT_S = 600
 
 Progress = Callable[[str], None]
@@ -110,11 +115,13 @@ def setup_qemu_root(root: Path, progress: Progress | None = None,
                     runtimes: Iterable[str] = DEFAULT_RUNTIMES) -> Path:
     """Build (once) the emulator root at `root` with `runtimes`; returns `root`.
 
-    Runtimes are runner names (tflite_runtime, ai_edge_litert, openvino, executorch;
-    "tflite" means tflite_runtime). Each is installed and then probed under the emulator:
-    the marker records which run and, for the others, why not. Already recorded runtimes
-    are not redone. executorch is opt-in: it costs a 430 MB torch download and ~1 GB on
-    disk only to find that PyPI's aarch64 torch does not import here (KNOWN_LIMITS).
+    Runtimes are runner names (tflite_runtime, ai_edge_litert, openvino, executorch,
+    executorch_cpp; "tflite" means tflite_runtime). Each is installed and then probed under
+    the emulator: the marker records which run and, for the others, why not. Already
+    recorded runtimes are not redone, except a C++ runner built from other sources or for
+    another executorch. executorch is opt-in: it costs a 430 MB torch download and ~1 GB on
+    disk only to find that PyPI's aarch64 torch does not import here (KNOWN_LIMITS);
+    executorch_cpp (an 18 MB wheel and a cross-compile, ~1 min) runs .pte files instead.
     """
     say = progress or (lambda message: None)
     root = Path(root).expanduser()
@@ -129,6 +136,12 @@ def setup_qemu_root(root: Path, progress: Progress | None = None,
 def _setup_locked(root: Path, wanted: list[str], say: Progress) -> Path:
     started = time.monotonic()
     state = read_marker(root)
+    if state is not None:
+        for runtime in wanted:          # a C++ runner that failed to build, or of other sources, is built again
+            record = state["runtimes"].get(runtime)
+            if runtime in NATIVE and record and (not record.get("ok") or
+                                                 native_runner.stale_reason(root / record["site"], "aarch64")):
+                del state["runtimes"][runtime]
     if state is not None and all(r in state["runtimes"] for r in wanted):
         return root
     if state is None:
@@ -153,8 +166,8 @@ def _normalize(runtimes: Iterable[str]) -> list[str]:
     out = []
     for name in runtimes:
         name = ALIASES.get(name, name)
-        if name not in WHEELS:
-            raise UsageError(f"unknown emulator runtime {name!r}: choose from {', '.join(WHEELS)}")
+        if name not in WHEELS and name not in NATIVE:
+            raise UsageError(f"unknown emulator runtime {name!r}: choose from {', '.join((*WHEELS, *NATIVE))}")
         if name not in out:
             out.append(name)
     return out
@@ -228,6 +241,8 @@ def _qemu_version() -> str:
 
 def _install_runtime(root: Path, runtime: str, say: Progress) -> dict:
     """Download and unpack a runtime's wheels into its own folder, then probe it."""
+    if runtime in NATIVE:
+        return _install_native(root, runtime, say)
     started = time.monotonic()
     requirements, deps = WHEELS[runtime]
     site = root / "site-packages" / runtime
@@ -255,6 +270,30 @@ def _install_runtime(root: Path, runtime: str, say: Progress) -> dict:
     record.update(_probe(root, runtime))
     if not record["ok"]:
         shutil.rmtree(site, ignore_errors=True)    # of no use, and possibly large
+        record["site"] = None
+        say(f"{runtime}: does not run under {QEMU}: {record['reason']}")
+    record["seconds"] = round(time.monotonic() - started, 1)
+    return record
+
+
+def _install_native(root: Path, runtime: str, say: Progress) -> dict:
+    """Cross-compile the C++ runner into the root's folder for it, then probe it there."""
+    started = time.monotonic()
+    site = root / "site-packages" / runtime
+    try:
+        native_runner.ensure_runner("aarch64", site, say)
+    except (ToolchainMissing, DeviceError) as e:      # the other runtimes still get set up; the next setup retries
+        say(f"{runtime}: not built: {e}")
+        return {"site": None, "ok": False, "reason": str(e).splitlines()[0],
+                "seconds": round(time.monotonic() - started, 1)}
+    state = native_runner.read_marker(site)
+    record = {"site": f"site-packages/{runtime}", "size_mb": state["size_mb"], "executorch": state["executorch"],
+              "source": state["source"]}
+    say(f"{runtime}: checking that it runs under {QEMU}")
+    record.update(native_runner.probe(emulator_argv(root)[:-1] + [str(site / native_runner.EXECUTABLE)],
+                                      env=emulator_env(root, None), timeout_s=PROBE_TIMEOUT_S))
+    if not record["ok"]:
+        shutil.rmtree(site, ignore_errors=True)
         record["site"] = None
         say(f"{runtime}: does not run under {QEMU}: {record['reason']}")
     record["seconds"] = round(time.monotonic() - started, 1)

@@ -19,7 +19,7 @@ import numpy as np
 from ..artifacts import atomic_write_bytes
 from ..errors import DeviceError, UsageError
 from .config import DeviceConfig, device_files, devices_dir, read_device_file
-from .transport import RUNNER, Transport, describe_exit, tail
+from .transport import Transport, describe_exit, tail
 
 RESULT_JSON = "result.json"
 OUTPUTS_NPZ = "outputs.npz"
@@ -79,7 +79,8 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
         raise DeviceError(f"device {device.name!r} is not ready: {reason}")
     command = transport.runner_command(model)
 
-    files = [RUNNER, model, *_side_files(model), inputs, *map(Path, extra_files)]
+    script = [command.script] if command.script else []     # runner.py; a native runner is there already
+    files = [*script, model, *_side_files(model), inputs, *map(Path, extra_files)]
     names = [path.name for path in files]
     if len(set(names)) != len(names):
         raise UsageError(f"files for device {device.name!r} must have distinct names: {', '.join(names)}")
@@ -91,8 +92,8 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
     try:
         placed = {path: transport.put(path, remote_dir) for path in files}
         out_json, out_npy = transport.join(remote_dir, RESULT_JSON), transport.join(remote_dir, OUTPUTS_NPZ)
-        argv = command.argv + [
-            placed[RUNNER], "--model", placed[model], "--inputs", placed[inputs],
+        argv = command.argv + [placed[path] for path in script] + [
+            "--model", placed[model], "--inputs", placed[inputs],
             "--warmup", str(warmup), "--runs", str(runs), "--threads", str(threads or device.threads),
             "--out-json", out_json, "--out-outputs", out_npy, "--runtimes", ",".join(command.runtimes),
         ] + (["--outputs", ",".join(output_names)] if output_names else []) \

@@ -23,11 +23,20 @@ automatically; BatchMode turns any prompt into a failure. `identity_file` and
 `remote_dir` may start with ~/ (the board's home). Without `python`, the board's python3.
 The base class's facts() fit as they are: arch and cpu are what the runner read on the
 board (its /proc/cpuinfo), and a board is not emulated.
+
+For .pte files on a board without torch, runtime executorch_cpp: `edgepack device setup`
+builds the C++ runner for the board's architecture (`uname -m` there) and copies it with
+its libraries to REMOTE_DIR/edgepack-executorch-runner-<tag>/ (the tag changes with the
+runner's sources and the executorch version), then runs its --version there, which fails
+with the loader's own words when the board's glibc or libstdc++ is too old. Each run
+starts it as ../<that folder>/edgepack-executorch-runner from its run folder, a sibling.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import posixpath
 import shlex
 import shutil
 import signal
@@ -37,8 +46,9 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import DeviceError
+from . import native_runner
 from .config import SshDevice
-from .transport import Completed, RunnerCommand, Transport, tail
+from .transport import Completed, RunnerCommand, Transport, is_native, tail
 
 SSH = "ssh"
 PERSIST_S = 30          # the shared connection outlives its last use by this much if close() never comes
@@ -219,13 +229,21 @@ class SshTransport(Transport):
                 return f"{key} {path} does not exist"
             if path and '"' in str(path):
                 return f"{key} {path}: ssh cannot take a path with a double quote in it"
+        script = "true"
+        if any(not is_native(r) for r in self.device.runtimes):
+            script = f"command -v {shlex.quote(self.python)} >/dev/null 2>&1 || exit 127"
+        if native_runner.RUNTIME in self.device.runtimes:
+            runner = f"{_remote_path(self.device.remote_dir)}/{self.native_folder}/{native_runner.EXECUTABLE}"
+            script += f"; test -x {runner} || exit 3"
         try:
-            done = self._ssh(f"command -v {shlex.quote(self.python)} >/dev/null 2>&1 || exit 127",
-                             timeout_s=self.device.connect_timeout_s + QUICK_S, what="connecting")
+            done = self._ssh(script, timeout_s=self.device.connect_timeout_s + QUICK_S, what="connecting")
         except SshFailed as e:
             return e.reason
         if done.returncode == 127:
             return f"python {self.python} not found on {self.target} (`python` in {self._file})"
+        if done.returncode == 3:
+            return (f"the {native_runner.RUNTIME} runner is not in {self.device.remote_dir} on {self.target} (or is "
+                    f"another build): run `edgepack device setup {self.device.name}`")
         if done.returncode != 0:
             return self._failure(done) or f"ssh to {self.target}: exit status {done.returncode}"
         return None
@@ -237,7 +255,60 @@ class SshTransport(Transport):
     # -- the runner ------------------------------------------------------------------------
 
     def runner_command(self, model: Path) -> RunnerCommand:
-        return RunnerCommand(argv=[self.python], runtimes=self.runtimes_for(model))
+        native, runtimes = self.pick_runner(model)
+        if native is None:
+            return RunnerCommand(argv=[self.python], runtimes=runtimes)
+        # Each run's folder is REMOTE_DIR/run.XXXXXXXXXX, a sibling of the runner's.
+        return RunnerCommand(argv=[f"../{self.native_folder}/{native_runner.EXECUTABLE}"], runtimes=[native],
+                             script=None)
+
+    @property
+    def native_folder(self) -> str:
+        """The C++ runner's folder on the board: a new name for other sources or executorch."""
+        tag = f"{native_runner.executorch_version()} {native_runner.source_hash()}"
+        return f"{native_runner.EXECUTABLE}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
+
+    def setup(self, progress=None) -> None:
+        """Put the C++ runner and its libraries on the board, once (for executorch_cpp)."""
+        if native_runner.RUNTIME not in self.device.runtimes:
+            return
+        say = progress or (lambda message: None)
+        quick = self.device.connect_timeout_s + QUICK_S
+        self._connect()
+        try:
+            done = self._ssh("uname -m", timeout_s=quick, what="uname -m")
+            self._raise_for(done, "uname -m")
+            arch = done.stdout.strip()
+            local = native_runner.ensure_runner(arch, native_runner.cache_dir(arch), say)
+            base = _remote_path(self.device.remote_dir)
+            done = self._ssh(f"mkdir -p -- {base} && cd -- {base} && pwd -P", timeout_s=quick, what="mkdir -p")
+            self._raise_for(done, f"making {self.device.remote_dir}")
+            home = done.stdout.strip().splitlines()[-1]
+            folder = posixpath.join(home, self.native_folder)
+            runner = shlex.quote(posixpath.join(folder, native_runner.EXECUTABLE))
+            if self._ssh(f"{runner} --version", timeout_s=quick, what="--version").returncode != 0:
+                say(f"{native_runner.RUNTIME}: copying the {arch} runner and its libraries to {self.target}:{folder}")
+                part = folder + ".part"
+                done = self._ssh(f"rm -rf -- {shlex.quote(part)} && mkdir -p -- {shlex.quote(part)}",
+                                 timeout_s=quick, what="mkdir")
+                self._raise_for(done, f"making {part}")
+                for name in (native_runner.EXECUTABLE, *native_runner.LIBRARIES):
+                    self.put(local / name, part)
+                # Older builds go; this one is renamed into place whole.
+                old = shlex.quote(posixpath.join(home, native_runner.EXECUTABLE)) + "-*"
+                done = self._ssh(f"chmod 755 {shlex.quote(posixpath.join(part, native_runner.EXECUTABLE))} && "
+                                 f"for d in {old}; do [ \"$d\" = {shlex.quote(part)} ] || rm -rf -- \"$d\"; done && "
+                                 f"mv -- {shlex.quote(part)} {shlex.quote(folder)}", timeout_s=quick, what="mv")
+                self._raise_for(done, f"installing the runner in {folder}")
+            done = self._ssh(f"{runner} --version", timeout_s=quick, what="--version")
+            if done.returncode != 0:
+                raise SshFailed(self.device.name, f"the {native_runner.RUNTIME} runner does not start on "
+                                                  f"{self.target}: {_last_line(done.stderr) or done.returncode} (it "
+                                                  "needs glibc >= 2.34 and the libstdc++ of GCC >= 11: Debian 12, "
+                                                  "Ubuntu 22.04, Raspberry Pi OS bookworm or newer)")
+            say(f"{native_runner.RUNTIME}: ready on {self.target}: {done.stdout.strip()}")
+        finally:
+            self._disconnect()
 
     # -- files and processes ------------------------------------------------------------------
 
@@ -289,6 +360,8 @@ class SshTransport(Transport):
         if done.returncode in (126, 127):
             said = _last_line(done.stderr)
             hint = f" (`python` in {self._file})" if argv[0] == self.python else ""
+            if argv[0].endswith(native_runner.EXECUTABLE):
+                hint = f" (run `edgepack device setup {self.device.name}`)"
             raise SshFailed(self.device.name, f"cannot run {argv[0]} on {self.target}"
                                               + (f": {said}" if said else "") + hint)
         if done.returncode == 255:

@@ -7,7 +7,9 @@ every transport, in order, for one run:
 
     setup(progress)                 once, by `edgepack device setup NAME` (qemu builds its root)
     check()                      -> None when ready, else a one-line reason
-    runner_command(model)        -> how to start runner.py there for this model (RunnerCommand)
+    runner_command(model)        -> how to start the runner there for this model (RunnerCommand):
+                                    runner.py under the device's Python, or the C++ ExecuTorch
+                                    runner (runtime executorch_cpp, see native_runner)
     open(workdir)                -> a fresh folder on the device for this run
     put(local_file, remote_dir)  -> the file's path on the device
     run(argv, cwd, env, timeout_s) -> Completed (exit status, stdout, stderr)
@@ -51,11 +53,31 @@ class Completed:
 
 @dataclass
 class RunnerCommand:
-    """The argv prefix that starts the device's Python, its environment, and the runtimes to offer."""
+    """The argv prefix that starts the runner, its environment, and the runtimes to offer.
+
+    With `script` (runner.py), argv starts the device's Python and the script is put on the
+    device for each run and named after argv; without, argv starts a runner already there
+    (the C++ runner, set up once by `edgepack device setup`)."""
 
     argv: list[str]
     runtimes: list[str]
     env: dict[str, str] | None = None   # None: inherit (local); a dict is the whole environment
+    script: Path | None = RUNNER
+
+
+def runtimes_by_suffix() -> dict[str, tuple[str, ...]]:
+    """Which runtimes load which file: runner.py's, then the native runner's."""
+    from .native_runner import RUNTIME, SUFFIXES
+
+    return {suffix: names + ((RUNTIME,) if suffix in SUFFIXES else ())
+            for suffix, names in RUNTIMES_BY_SUFFIX.items()}
+
+
+def is_native(runtime: str) -> bool:
+    """A runtime that is a program of its own (executorch_cpp), not a module runner.py imports."""
+    from .native_runner import RUNTIME
+
+    return runtime == RUNTIME
 
 
 def tail(text: str, lines: int = 8) -> str:
@@ -140,9 +162,10 @@ class Transport:
     def runtimes_for(self, model: Path) -> list[str]:
         """The device's runtimes that can load `model`, in its order of preference."""
         suffix = model.suffix.lower()
-        if suffix not in RUNTIMES_BY_SUFFIX:
+        table = runtimes_by_suffix()
+        if suffix not in table:
             raise DeviceError(f"no runtime runs {model.name}: expected a .tflite, .xml or .pte file")
-        found = [r for r in self.device.runtimes if r in RUNTIMES_BY_SUFFIX[suffix]]
+        found = [r for r in self.device.runtimes if r in table[suffix]]
         if not found:
             where = f" in {self.device.source}" if self.device.source else ""
             raise DeviceError(f"device {self.device.name!r} has no runtime for {suffix} files "
@@ -151,6 +174,14 @@ class Transport:
 
     def runner_command(self, model: Path) -> RunnerCommand:
         raise NotImplementedError
+
+    def pick_runner(self, model: Path) -> tuple[str | None, list[str]]:
+        """(the native runtime to start, or None; else the runtimes to offer runner.py). The
+        device's first runtime for the file decides: runner.py cannot fall back to a program."""
+        found = self.runtimes_for(model)
+        if is_native(found[0]):
+            return found[0], []
+        return None, [r for r in found if not is_native(r)]
 
     # -- files and processes ------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Tiny real models for the device-harness tests, built once per session.
 
 Each builder makes a real artifact with the real toolchain (TFLiteConverter,
-openvino's graph API, torch.export + ExecuTorch): a 3x3 convolution, ReLU, global
-average pool and a dense layer to 10 classes, NHWC 8x8x3 for TFLite, NCHW for the others.
+openvino's graph API, torch.export + ExecuTorch, PT2E): a 3x3 convolution, ReLU, global
+average pool and a dense layer to 10 classes, NHWC 8x8x3 for TFLite, NCHW for the others;
+and a .pte that takes int64 token ids (an embedding).
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ def build_openvino(path: Path) -> Path:
     return path
 
 
-def build_pte(path: Path) -> Path:
+def build_pte(path: Path, int8: bool = False) -> Path:
+    """float: every op in the XNNPACK delegate but the mean (a CPU kernel). int8: PT2E with
+    the XNNPACK quantizer (static, per-channel), calibrated on 32 samples."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -87,7 +90,45 @@ def build_pte(path: Path) -> Path:
         def forward(self, x):
             return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
-    exported = torch.export.export(Net().eval(), (torch.zeros(1, C, H, W),))
+    sample = (torch.zeros(1, C, H, W),)
+    exported = torch.export.export(Net().eval(), sample)
+    if int8:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                              get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        with torch.no_grad():
+            for x in torch.from_numpy(sample_inputs(32, "nchw", seed=2)).split(1):
+                prepared(x)
+        exported = torch.export.export(convert_pt2e(prepared), sample)
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(program.buffer)
+    return path
+
+
+IDS = 5        # token ids per sample of the int64-input model
+VOCAB = 16
+
+
+def build_pte_ids(path: Path) -> Path:
+    """int64 token ids -> embedding (a portable kernel: XNNPACK does not take it) -> mean -> dense."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    class Ids(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(VOCAB, 4)
+            self.fc = torch.nn.Linear(4, CLASSES)
+
+        def forward(self, ids):
+            return self.fc(self.emb(ids).mean(dim=1))
+
+    exported = torch.export.export(Ids().eval(), (torch.zeros(1, IDS, dtype=torch.int64),))
     program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     path.write_bytes(program.buffer)
     return path
@@ -125,6 +166,33 @@ class Models:
     @property
     def pte(self) -> Path:
         return self._get("tiny.pte", build_pte)
+
+    @property
+    def pte_int8(self) -> Path:
+        return self._get("int8.pte", lambda p: build_pte(p, int8=True))
+
+    @property
+    def pte_ids(self) -> Path:
+        return self._get("ids.pte", build_pte_ids)
+
+    def ids(self, n: int = 6) -> Path:
+        """Token ids for pte_ids: int64, (n, IDS)."""
+        path = self.root / f"ids-{n}.npz"
+        if not path.exists():
+            np.savez(path, ids=np.random.default_rng(3).integers(0, VOCAB, (n, IDS), dtype=np.int64))
+        return path
+
+    @staticmethod
+    def executorch_outputs(model: Path, inputs: Path) -> np.ndarray:
+        """What the Python ExecuTorch runtime gives for every sample of a one-input .pte, in this
+        process (runner.py's executorch session, without a subprocess that imports torch again)."""
+        import torch
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(model)).load_method("forward")
+        with np.load(inputs) as z:
+            x = z[z.files[0]]
+        return np.concatenate([method.execute([torch.from_numpy(x[i:i + 1])])[0].numpy() for i in range(len(x))])
 
     def inputs(self, layout: str = "nhwc", n: int = 6) -> Path:
         path = self.root / f"inputs-{layout}-{n}.npz"

@@ -65,6 +65,10 @@ def test_qemu_openvino_runs_on_arm(qemu_root, models, tmp_path):
 
 
 def test_qemu_names_a_runtime_it_lacks(qemu_root, models, tmp_path):
-    with pytest.raises(DeviceError, match=r"^executorch does not run under qemu-aarch64: .+"):
-        run_on_device("qemu-aarch64", models.pte, models.inputs("nchw"), warmup=1, runs=1, threads=1,
+    # The emulator without the C++ runner: the Python executorch runtime is named, and why it cannot run.
+    device = tmp_path / "arm-python.toml"
+    device.write_text('transport = "qemu"\nruntimes = ["tflite_runtime", "openvino"]\n')
+    with pytest.raises(DeviceError, match=r"^executorch does not run under qemu-aarch64: its Python runtime imports "
+                                          r"torch.*the C\+\+ runner \(executorch_cpp\) runs \.pte files here instead"):
+        run_on_device(str(device), models.pte, models.inputs("nchw"), warmup=1, runs=1, threads=1,
                       workdir=tmp_path)

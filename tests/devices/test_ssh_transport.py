@@ -20,6 +20,7 @@ import pytest
 from sshd import LoopbackSshd, free_port, keygen, known_hosts_line
 
 from edgepack.devices import Transport, load_device, run_on_device
+from edgepack.devices import native_runner
 from edgepack.devices.runner import cpu_info
 from edgepack.errors import DeviceError
 
@@ -211,3 +212,30 @@ def test_run_reports_status_environment_and_signals(board, tmp_path):
         transport.close(remote)
     assert not Path(remote).exists() and not Path(socket_dir).exists()
     assert transport._mux_dir is None
+
+
+def test_cpp_runner_is_put_on_the_board_once_and_runs_pte(board, models, tmp_path):
+    device = board(runtimes=("executorch_cpp",))          # no Python runtime: the board needs no python
+    transport = Transport.for_device(device)
+    assert re.match(r"the executorch_cpp runner is not in .*remote on .*: run `edgepack device setup board`",
+                    transport.check())
+    said = []
+    transport.setup(said.append)
+    assert any(f"copying the {os.uname().machine} runner" in line for line in said), said
+    folder = tmp_path / "remote" / transport.native_folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted([native_runner.EXECUTABLE, *native_runner.LIBRARIES])
+    stamp = (folder / native_runner.EXECUTABLE).stat().st_mtime_ns
+    said.clear()
+    transport.setup(said.append)                           # already there: nothing copied again
+    assert not any("copying" in line for line in said)
+    assert (folder / native_runner.EXECUTABLE).stat().st_mtime_ns == stamp
+    assert transport.check() is None
+
+    run = run_on_device(device, models.pte_int8, models.inputs("nchw"), warmup=1, runs=3, threads=1,
+                        workdir=tmp_path / "work")
+    r = run.result
+    assert (r["transport"], r["emulated"], r["runtime"]["name"]) == ("ssh", False, "executorch_cpp")
+    assert r["cpu"] == cpu_info() and r["profile"]["ops"]
+    np.testing.assert_allclose(run.outputs[0], models.executorch_outputs(models.pte_int8, models.inputs("nchw")),
+                               rtol=1e-6, atol=1e-6)
+    assert remote_leftovers(tmp_path) == [transport.native_folder]      # the run's folder is gone, the runner stays
