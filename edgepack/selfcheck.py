@@ -126,7 +126,7 @@ def describe(check: dict[str, Any]) -> str:
     where = f" at sample {w['sample']}" + (f" {w['index']}" if w["index"] else "") \
         if w["sample"] is not None and w["max_abs_error"] > 0 else ""
     op = "<=" if w["passed"] else ">"
-    return (f"{check['self_check']} (worst {w['output']}: max |error| {w['max_abs_error']:.4g} {op} "
+    return (f"{check['self_check']} (worst {w['output']}: max abs error {w['max_abs_error']:.4g} {op} "
             f"{w['allowed']:.4g}, {w['rule']}; {w['mismatched']}/{w['elements']} values off{where})")
 
 

@@ -19,7 +19,7 @@ from edgepack.devices import Transport, load_device, native_runner, run_on_devic
 from edgepack.devices.runner import SCHEMA, cpu_info
 from edgepack.errors import DeviceError
 
-KW = {"warmup": 1, "runs": 3, "threads": 1}
+KW = {"warmup": 1, "runs": 3, "threads": 1, "profile": 3}
 
 
 @pytest.fixture(scope="session")

@@ -231,7 +231,7 @@ def test_cpp_runner_is_put_on_the_board_once_and_runs_pte(board, models, tmp_pat
     assert (folder / native_runner.EXECUTABLE).stat().st_mtime_ns == stamp
     assert transport.check() is None
 
-    run = run_on_device(device, models.pte_int8, models.inputs("nchw"), warmup=1, runs=3, threads=1,
+    run = run_on_device(device, models.pte_int8, models.inputs("nchw"), warmup=1, runs=3, threads=1, profile=3,
                         workdir=tmp_path / "work")
     r = run.result
     assert (r["transport"], r["emulated"], r["runtime"]["name"]) == ("ssh", False, "executorch_cpp")

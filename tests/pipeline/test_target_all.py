@@ -176,7 +176,7 @@ def test_verify_passes_an_untouched_bundle_and_fails_one_changed_weight(bundles,
     assert row["self_check"] == "fail", what
     worst = row["detail"]["worst"]
     assert worst["max_abs_error"] > worst["allowed"] and worst["mismatched"] > 0
-    assert f"self-check fail (worst {worst['output']}: max |error|" in res.stderr
+    assert f"self-check fail (worst {worst['output']}: max abs error" in res.stderr
 
 
 def test_verify_refuses_a_changed_file_before_running_anything(bundles, tmp_path):

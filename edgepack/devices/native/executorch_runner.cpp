@@ -74,14 +74,14 @@ struct RunnerError : std::runtime_error {
 
 struct Args {
   std::string model, inputs, out_json, out_outputs, outputs, runtimes, etdump;
-  int warmup = 10, runs = 100, threads = 1, profile_runs = -1;
+  int warmup = 10, runs = 100, threads = 1, profile_runs = -1;   // -1: none, or a few with --etdump
 };
 
 [[noreturn]] void usage(const std::string& message) {
   std::fprintf(stderr,
                "usage: edgepack-executorch-runner --model M.pte --inputs X.npz --out-json R.json "
                "--out-outputs O.npz [--warmup W] [--runs N] [--threads T] [--outputs a,b] [--runtimes ...] "
-               "[--profile-runs P] [--etdump FILE]\nedgepack-executorch-runner: error: %s\n",
+               "[--profile P] [--etdump FILE]\nedgepack-executorch-runner: error: %s\n",
                message.c_str());
   std::exit(2);
 }
@@ -119,7 +119,7 @@ Args parse_args(int argc, char** argv) {
     else if (flag == "--warmup") a.warmup = to_int(flag, value);
     else if (flag == "--runs") a.runs = to_int(flag, value);
     else if (flag == "--threads") a.threads = to_int(flag, value);
-    else if (flag == "--profile-runs") a.profile_runs = to_int(flag, value);
+    else if (flag == "--profile" || flag == "--profile-runs") a.profile_runs = to_int(flag, value);
     else usage("unrecognized argument: " + flag);
   }
   for (auto [flag, value] : {std::pair{"--model", &a.model}, {"--inputs", &a.inputs}, {"--out-json", &a.out_json},
@@ -128,7 +128,8 @@ Args parse_args(int argc, char** argv) {
   if (a.warmup < 0 || a.runs < 1 || a.threads < 1) usage("--warmup must be >= 0, --runs and --threads >= 1");
   if (!a.runtimes.empty() && ("," + a.runtimes + ",").find(std::string(",") + kRuntime + ",") == std::string::npos)
     throw RunnerError(std::string("this is the ") + kRuntime + " runner; --runtimes offers only " + a.runtimes);
-  if (a.profile_runs < 0) a.profile_runs = std::min(a.runs, 10);
+  // As runner.py: profiled runs only when asked (--profile P), or for an --etdump file.
+  if (a.profile_runs < 0) a.profile_runs = a.etdump.empty() ? 0 : std::min(a.runs, 10);
   return a;
 }
 
