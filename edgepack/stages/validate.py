@@ -26,9 +26,7 @@ def _device_entry(run, name: str) -> dict:
     r = run.result
     keep = ("device", "transport", "arch", "cpu", "emulated", "runtime", "threads", "warmup", "runs",
             "init_ms", "latency_ms", "samples_ms", "peak_rss_mb", "profile")
-    entry = {k: r.get(k) for k in keep}
-    if r.get("profile"):             # per-operator times, where the runner gives them (executorch_cpp)
-        entry["profile"] = r["profile"]
+    entry = {k: r.get(k) for k in keep}     # profile: per-operator times, None where the runtime has none
     entry["name"] = name
     return entry
 
