@@ -105,7 +105,21 @@ class QuantizeStage(Stage):
         prev = ctx.results.get("export")
         if prev is not None:
             metrics.update(params=prev.metrics.get("params"), macs=prev.metrics.get("macs"))
+        discard_others(ctx.workdir, kept)
         return StageResult(converted, metrics, notes=notes + list(converted.meta.get("notes", [])))
+
+
+def discard_others(workdir: Any, kept: Any) -> None:
+    """Only the kept file (and what it was converted from) goes into the stage cache."""
+    import shutil
+    from pathlib import Path
+
+    keep = {Path(kept.converted.path).parent.resolve()}
+    if kept.exported is not None:
+        keep |= {p.resolve() for p in Path(kept.exported.path).parents}
+    for child in Path(workdir).iterdir():
+        if child.is_dir() and child.resolve() not in keep and not any(k.is_relative_to(child.resolve()) for k in keep):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def measure_sensitivity(ctx: BuildContext, config: QuantizeConfig, cal: Split, module: Artifact | None,
@@ -123,6 +137,8 @@ def measure_sensitivity(ctx: BuildContext, config: QuantizeConfig, cal: Split, m
         student = load_module(module)
         layers = find_layers(student, ctx.data.example(1))
         if not layers:
+            notes.append("quantize: per-layer sensitivity: the model runs no torch Conv or Linear module (a "
+                         "torch.export program keeps none): nothing to rank, and no mixed step")
             return [], None
         sens = measure(student, layers, {k: v[: config.sensitivity_samples] for k, v in cal.x.items()},
                        scheme=config.scheme, per_channel=config.per_channel, block_size=config.weights_block_size,

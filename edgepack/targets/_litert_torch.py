@@ -384,8 +384,9 @@ def _weighted_ops_any(model: Any, graph: Any) -> list[tuple[str, int]]:
 
 
 def _int4_note(info: dict[str, Any]) -> str:
-    where = f"per block of {info['block_size']}" if info["block_size"] else "per channel"
-    text = f"4-bit weights ({where}) in {info['int4_layers']} of {info['layers']} weighted ops, float compute"
+    where = f"blocks of {info['block_size']}" if info["block_size"] in (32, 64, 128, 256) else "per channel"
+    text = (f"4-bit weights in {info['int4_layers']} of {info['layers']} weighted ops (FULLY_CONNECTED in {where}, "
+            f"int8 activations at run time; CONV_2D per channel, float compute)")
     if info["float_ops"]:
         text += f"; float weights in {', '.join(info['float_ops'])} (ai-edge-quantizer has no 4-bit recipe for them)"
     return text

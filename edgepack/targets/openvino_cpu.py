@@ -146,7 +146,8 @@ class OpenVINOCpu(Target):
                               "subset_size": min(quantize.subset_size, n_samples(calib))})
             if ac is not None:
                 meta["accuracy_control"] = ac
-            notes.extend(_accuracy_control_notes(ac, quantize))
+            if plan.default:
+                notes.extend(_accuracy_control_notes(ac, quantize))
             advance(1)
         elif scheme == "dynamic":
             import nncf

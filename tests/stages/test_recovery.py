@@ -25,8 +25,8 @@ FAST = ("distill.enabled=false", "prune.enabled=false", "validate.runs=5", "vali
 
 
 @pytest.fixture(scope="module")
-def outlier_files(tmp_path_factory):
-    return outlier.write_files(tmp_path_factory.mktemp("outlier"))
+def outlier_files(tmp_path_factory, outlier_trained):
+    return outlier.write_files(tmp_path_factory.mktemp("outlier"), trained=outlier_trained)
 
 
 def build(files, target: str, out, *overrides: str, reference: bool = False, train: bool = True) -> dict:

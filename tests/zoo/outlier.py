@@ -127,10 +127,12 @@ def make_trained(factor: float = OUTLIER, seed: int = 0) -> tuple[DepthwiseNet, 
     return model, {"train": (x, y), "data": make_data(512, seed=2 * seed + 2)}
 
 
-def write_files(root: Path, factor: float = OUTLIER, n_train: int = 256) -> dict[str, Path]:
-    """weights.pt, data.npz and train.npz under `root`, as a user hands them to edgepack."""
+def write_files(root: Path, factor: float = OUTLIER, n_train: int = 256,
+                trained: tuple[DepthwiseNet, dict] | None = None) -> dict[str, Path]:
+    """weights.pt, data.npz and train.npz under `root`, as a user hands them to edgepack
+    (`trained`: make_trained's result, when the caller has it already)."""
     root.mkdir(parents=True, exist_ok=True)
-    model, splits = make_trained(factor)
+    model, splits = trained or make_trained(factor)
     torch.save(model.state_dict(), root / "weights.pt")
     np.savez(root / "data.npz", x=splits["data"][0], y=splits["data"][1])
     x, y = splits["train"]
