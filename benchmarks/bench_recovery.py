@@ -189,12 +189,14 @@ def main() -> None:
     print(f"\nCPU: {cpu['model']}  ISA: {' '.join(cpu.get('isa', []))}  threads: 1")
     print(f"model: tests/zoo/outlier.py, one depthwise channel {factor:g}x the median; teacher "
           f"{summary[0]['teacher']:.2f} % top-1 on {256} evaluation samples\n")
-    print(f"{'target':<16}{'run':<14}{'step':<10}{'status':<15}{'top-1 %':>8}{'drop':>8}{'KiB':>8}{'p50 ms':>9}  in float")
+    print(f"{'target':<16}{'run':<14}{'step':<24}{'status':<15}{'top-1 %':>8}{'drop':>8}{'KiB':>8}{'p50 ms':>9}"
+          f"  in float")
     for x in rows:
+        step = f"{x['step']} ({x['route']})" if x["route"] else x["step"]
         if x["error"]:
-            print(f"{x['target']:<16}{x['run']:<14}{x['step']:<10}failed: {x['error'][:80]}")
+            print(f"{x['target']:<16}{x['run']:<14}{step:<24}failed: {x['error'][:70]}")
             continue
-        print(f"{x['target']:<16}{x['run']:<14}{x['step']:<10}{x['status']:<15}{x['value']:>8.2f}{x['drop']:>8.2f}"
+        print(f"{x['target']:<16}{x['run']:<14}{step:<24}{x['status']:<15}{x['value']:>8.2f}{x['drop']:>8.2f}"
               f"{x['size_bytes'] / 1024:>8.1f}{x['p50_ms']:>9.4f}  {', '.join(x['float_layers']) or '-'}")
     print()
     for s in summary:
