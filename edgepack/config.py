@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, field_validator
 
 from .artifacts import sha256_json
 from .errors import UsageError
@@ -59,16 +59,41 @@ class TaskConfig(Section):
     output_weights: tuple[float, ...] = ()          # its weight per output (default: 1 each)
 
 
+RecoveryStep = Literal["ptq", "advanced", "mixed", "qat"]
+
+
 class QuantizeConfig(Section):
     """Settings every target understands. A target may extend this (Target.quantize_config)."""
 
-    scheme: Literal["int8", "dynamic", "none"] = "int8"
+    # int8 (static, calibrated), dynamic (int8 weights, activations at run time), none (float),
+    # int4-weights (block-wise 4-bit weights, float activations; targets whose runtime runs it)
+    scheme: Literal["int8", "dynamic", "none", "int4-weights"] = "int8"
     per_channel: bool = True
     calibration_samples: int = Field(256, ge=1)
     io: Literal["int8", "uint8", "float32"] = "int8"
     # Conversion routes to try, in order (empty: the target's own order, see `edgepack targets`).
     # Names of another target's routes are passed over, so one --set serves `--target all`.
     routes: tuple[str, ...] = ()
+    # What to try, in this order, while the quantized model is over the accuracy budget: plain
+    # post-training quantization, then better PTQ (SmoothQuant, bias correction, MSE ranges), then
+    # the most sensitive layers kept in float, then quantization-aware training with the teacher as
+    # the KD target. Each step runs only if the ones before it are over budget.
+    recovery: tuple[RecoveryStep, ...] = ("ptq",)
+    max_float_layers: int = Field(4, ge=0)          # mixed: at most this many layers kept in float
+    mixed_precision: Literal["float", "int16"] = "float"   # mixed: what a kept layer runs in (int16: 16x8, LiteRT)
+    weights_block_size: int = Field(32, ge=0)       # int4-weights: weights per scale along the input (0: per channel)
+    sensitivity_samples: int = Field(32, ge=0)      # calibration samples for per-layer sensitivity (0: none)
+    qat_epochs: int = Field(3, ge=1)                # qat: epochs on the training split
+    qat_lr: float = Field(1e-4, gt=0, le=1)         # qat: learning rate (the weights are trained already)
+
+    @field_validator("recovery")
+    @classmethod
+    def _steps_once(cls, steps: tuple[str, ...]) -> tuple[str, ...]:
+        if not steps:
+            raise ValueError("needs at least one step (\"ptq\" alone: quantize once)")
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"names a step twice: {list(steps)}")
+        return steps
 
 
 class ValidateConfig(Section):

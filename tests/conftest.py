@@ -171,6 +171,14 @@ def tiny_bundle(tiny, signing_keys, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def outlier_trained():
+    """(model, splits): tests/zoo/outlier.py trained (~5 s) with its 1000x channel, once per session."""
+    from tests.zoo import outlier
+
+    return outlier.make_trained()
+
+
+@pytest.fixture(scope="session")
 def qemu_root() -> Path:
     """The aarch64 emulator's root, built once and cached ($EDGEPACK_QEMU_ROOT, else
     ~/.cache/edgepack/qemu-aarch64). Without qemu-user-static the emulator tests fail

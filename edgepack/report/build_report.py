@@ -19,8 +19,17 @@ def _stage_row(rec: Any) -> dict[str, Any]:
             **({"notes": rec.notes} if rec.notes else {}),
             "metric": m.get("metric") if not isinstance(m.get("accuracy"), dict) else m["accuracy"].get("metric"),
             **({"details": {k: v for k, v in m.items() if k not in ("params", "macs", "size_bytes", "accuracy",
-                                                                      "devices", "reference_devices")}}
+                                                                      "devices", "reference_devices", "sensitivity",
+                                                                      "recovery")}}
                if rec.name not in ("validate",) else {})}
+
+
+def sensitivity_section(quantize: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The quantize stage's per-layer sensitivity: rows worst first, and how it was measured."""
+    sens = (quantize or {}).get("sensitivity")
+    if not sens:
+        return [], None
+    return sens["layers"], {k: v for k, v in sens.items() if k != "layers"}
 
 
 def slower_than_reference(ratios: dict[str, Any], devices: dict[str, dict[str, Any]]) -> list[str]:
@@ -61,6 +70,8 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
                 ratios["latency_p50"][name] = round(ref_ok[name]["latency_ms"]["p50"] / d["latency_ms"]["p50"], 3)
     warnings = slower_than_reference(ratios, ok)
     notes = [n for rec in result.records for n in rec.notes] + warnings
+    quantize = ctx.results["quantize"].metrics if "quantize" in ctx.results else None
+    sensitivity, sensitivity_info = sensitivity_section(quantize)
     return strip_paths({      # inputs by name and sha256: a bundle carries no build-machine paths
         "schema": SCHEMA,
         "target": target.name,
@@ -82,6 +93,9 @@ def build_report(result: Any, settings: Any, target: Any, data: Any, teacher: An
         "devices": val["devices"],
         "failed_devices": val["failed_devices"],
         "latency": val.get("latency"),
+        "sensitivity": sensitivity,
+        "sensitivity_info": sensitivity_info,
+        "recovery": (quantize or {}).get("recovery"),
         "data": {"source": data.source, "split": data.split, "sha256": data.sha256,
                  "calibration_sha256": data.calibration_sha256,
                  "calibration_samples": len(data.calibration), "evaluation_samples": len(data.evaluation)},

@@ -92,6 +92,8 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
         for row in r["latency"]["devices"]:
             lines.append(f"| {row['device']} | {row['p50_ms']:.3f} | {row['max_p50_ms']:g} | {row['over_ms']:.3f} | "
                          f"{'passed' if row['passed'] else '**over budget**'} |")
+    lines += recovery_lines(r.get("recovery"), label)
+    lines += sensitivity_lines(r.get("sensitivity") or [], r.get("sensitivity_info"))
     lines += ["", "## Artifact", "", f"- model: {r['model']['spec']} (sha256 `{r['model']['sha256'][:16]}`)",
               f"- file: `{r['artifact']['path']}` ({_kb(r['artifact']['size_bytes'])}, "
               f"scheme {r['artifact']['scheme']}, layout {r['artifact']['layout']})",
@@ -106,3 +108,61 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
             lines += [f"![{p}]({p})", ""]
     return "\n".join(lines)
 
+
+def _db(v: Any) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def sensitivity_lines(rows: list[dict[str, Any]], info: dict[str, Any] | None, worst: int = 10) -> list[str]:
+    """The ten layers int8 hurts most, by the model's SQNR with that layer alone quantized."""
+    if not rows or info is None:
+        return []
+    intro = (f"Each layer quantized alone ({info.get('scheme')}, {info.get('activations')} activations), the rest in "
+             f"float, on {info.get('samples')} calibration samples: the SQNR of the model's outputs and of the layer's "
+             f"own output against float, and the model's SQNR with every *other* layer quantized "
+             f"(all layers: {_db(info.get('all_quantized_sqnr_db'))} dB). Lower is worse; module paths are the "
+             f"model's.")
+    lines = ["", "## Per-layer sensitivity", "", intro, "",
+             "| rank | module path | op | model SQNR dB | own output dB | all but it dB |",
+             "| ---: | --- | --- | ---: | ---: | ---: |"]
+    for row in rows[:worst]:
+        lines.append(f"| {row['rank']} | `{row['module_path']}` | {row['op']} | {_db(row['sqnr_db'])} | "
+                     f"{_db(row.get('layer_sqnr_db'))} | {_db(row.get('all_but_sqnr_db'))} |")
+    if len(rows) > worst:
+        lines.append(f"\n{len(rows) - worst} more layer(s) in report.json and sensitivity.png.")
+    return lines
+
+
+def recovery_lines(rec: dict[str, Any] | None, label: str) -> list[str]:
+    """Which recovery step met the budget, and what each attempt measured."""
+    if not rec:
+        return []
+    met = rec.get("met_by")
+    head = (f"Step **{met}** met the budget." if met else
+            f"No step met the budget; the build kept the best attempt ({rec.get('kept')}).")
+    intro = (f"Steps in order: {', '.join(rec['order'])}. {head} Judged on "
+             f"{rec.get('judged_on', 'the evaluation split')}.")
+    lines = ["", "## Recovery", "", intro, "",
+             f"| step | status | {label} | drop | size | p50 ms | in float |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for a in rec["attempts"]:
+        if a["status"] == "failed":
+            lines.append(f"| {a['step']} | failed: {a.get('error', '')[:120]} | | | | | |")
+            continue
+        floats = ", ".join(f"`{p}`" for p in a.get("float_layers") or []) or "–"
+        lines.append(f"| {a['step']}{' (' + a['route'] + ')' if a.get('route') else ''} | {a['status']} | "
+                     f"{_n(a.get('value'), '{:.4g}')} | {_n(a.get('drop'), '{:+.4g}')} | {_kb(a.get('size_bytes'))} | "
+                     f"{_n(a.get('p50_ms'), '{:.4f}')} | {floats} |")
+    for s in rec["steps"]:
+        if s["status"] in ("skipped", "not offered"):
+            lines.append(f"| {s['step']} | {s['status']}: {s.get('why', '')} | | | | | |")
+    if rec.get("float_layers"):
+        lines += ["", ("Layers kept in float, in the order the sensitivity ranked them (each with the layers that "
+                       "read its output), and what each cost against the attempt before:"), "",
+                  f"| module path | op | kept with | {label} after | size cost | p50 cost ms |",
+                  "| --- | --- | --- | ---: | ---: | ---: |"]
+        for f in rec["float_layers"]:
+            size = f.get("size_cost_bytes")
+            lines.append(f"| `{f['module_path']}` | {f['op']} | {', '.join(f['with'])} | {_n(f.get('value'), '{:.4g}')} "
+                         f"| {'–' if size is None else f'{size:+,} B'} | {_n(f.get('latency_cost_ms'), '{:+.4f}')} |")
+    return lines

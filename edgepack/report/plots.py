@@ -58,6 +58,10 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
         plt.close(fig)
         names.append("compression.png")
 
+    rows = r.get("sensitivity") or []
+    if rows:
+        names.append(sensitivity_plot(rows, r, folder, plt))
+
     series = []
     ref_devices = {d["name"]: d for d in (r.get("reference") or {}).get("devices", []) if d.get("samples_ms")}
     for d in r["devices"]:
@@ -81,3 +85,24 @@ def render_plots(r: dict[str, Any], folder: Path) -> list[str]:
         (folder / name).write_bytes(png)
         names.append(name)
     return names
+
+
+def sensitivity_plot(rows: list[dict[str, Any]], r: dict[str, Any], folder: Path, plt: Any) -> str:
+    """One bar per layer, in execution order: the model's SQNR with that layer alone quantized."""
+    ordered = sorted(rows, key=lambda x: x["layer"])
+    worst = {x["module_path"] for x in sorted(rows, key=lambda x: x["sqnr_db"])[:3]}
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.22 * len(ordered)))
+    ys = range(len(ordered))
+    ax.barh(list(ys), [x["sqnr_db"] for x in ordered],
+            color=["#e45756" if x["module_path"] in worst else "#4c78a8" for x in ordered])
+    for y, x in zip(ys, ordered):
+        ax.annotate(f"{x['sqnr_db']:.1f}", (x["sqnr_db"], y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    ax.set_yticks(list(ys), [x["module_path"] for x in ordered], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("model output SQNR with only this layer quantized (dB, higher is better)")
+    ax.set_title(f"{r['model']['name']} → {r['target']}: per-layer quantization sensitivity")
+    fig.tight_layout()
+    fig.savefig(folder / "sensitivity.png", dpi=110)
+    plt.close(fig)
+    return "sensitivity.png"

@@ -68,6 +68,7 @@ and "int8").
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 import warnings
@@ -82,7 +83,7 @@ from ..errors import ConversionError
 from ._onnx import quiet
 
 SIGNATURE = "serving_default"
-SCHEMES = ("none", "dynamic", "int8")
+SCHEMES = ("none", "dynamic", "int8", "int4-weights")
 IOS = ("int8", "uint8", "float32")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
@@ -91,7 +92,8 @@ _LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 def convert_litert_torch(module: Any, sample: dict[str, np.ndarray], calibration: dict[str, np.ndarray],
                          scheme: str, per_channel: bool, io: str, output_names: list[str], out_path: Path,
                          progress: Callable[[str, int], Callable[..., None]] | None = None, *,
-                         keep_int64: bool = False) -> dict[str, Any]:
+                         keep_int64: bool = False, plan: Any = None, precision: str = "float",
+                         block_size: int = 32) -> dict[str, Any]:
     """Convert `module` to a LiteRT file at `out_path`; return its meta.
 
     sample: {input name: one batch-1 array in torch layout and the input's own dtype}, in
@@ -136,24 +138,17 @@ def convert_litert_torch(module: Any, sample: dict[str, np.ndarray], calibration
     meta: dict[str, Any] = {}
     if scheme != "none":
         t0 = time.perf_counter()
-        file_inputs = _signature_tensors(float_model)[0]
-        calib = _calibration_set(calibration, file_inputs, names) if scheme == "int8" else None
-        masked = _mask_path(float_model) if scheme == "int8" else []
-        if masked:
-            notes.append(f"kept in float32, as int8 cannot hold the infinite or huge constants (attention masks) "
-                         f"they carry: {', '.join(sorted({op for op, _ in masked}))} ({len(masked)} op(s), "
-                         f"up to each SOFTMAX)")
-        data = _quantize(float_model, scheme, per_channel, io, calib, masked)
+        data, qmeta = quantize_float_tflite(float_model, scheme, per_channel, io, calibration, names, plan=plan,
+                                            precision=precision, block_size=block_size)
+        notes += qmeta.pop("notes")
+        meta.update(qmeta)
         timings["quantize_s"] = round(time.perf_counter() - t0, 2)
-        meta["per_channel"] = bool(per_channel)
-        if scheme == "int8":
-            meta["calibration_samples"] = len(calib)
     advance(1)
 
     inputs, outputs = _signature_tensors(data)
     _check_names(inputs, outputs, names, output_names)
     float_ops = _float_ops(data) if scheme == "int8" else []
-    if float_ops:
+    if float_ops and not meta.get("float_layers"):
         notes.append(f"not fully integer: {', '.join(float_ops)} run in float32 (no int8 kernel or recipe)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -246,6 +241,157 @@ def _litert_torch_failure(e: BaseException, log: str) -> str:
 
 # -- float .tflite -> quantized (ai-edge-quantizer) ----------------------------------
 
+def quantize_float_tflite(float_model: bytes, scheme: str, per_channel: bool, io: str,
+                          calibration: dict[str, np.ndarray], names: list[str], *, plan: Any = None,
+                          precision: str = "float", block_size: int = 32) -> tuple[bytes, dict[str, Any]]:
+    """A float .tflite (either route's) quantized by ai-edge-quantizer; returns (file, meta).
+
+    `plan` (edgepack.targets.base.QuantPlan): advanced -> MSE weight ranges (ai-edge-quantizer's
+    MSE algorithm; activations keep min/max); float_layers -> their ops, and the ops between them
+    and the layers reading them, in float (precision "float") or 16-bit activations with int8
+    weights (precision "int16", LiteRT's 16x8). Scheme "int4-weights": 4-bit weights per block of
+    `block_size` inputs (per channel when 0 or when the op has no blockwise kernel), float compute."""
+    notes: list[str] = []
+    meta: dict[str, Any] = {"per_channel": bool(per_channel), "quantizer": "ai-edge-quantizer"}
+    file_inputs = _signature_tensors(float_model)[0]
+    calib = _calibration_set(calibration, file_inputs, names) if scheme == "int8" else None
+    masked = _mask_path(float_model) if scheme == "int8" else []
+    if masked:
+        notes.append(f"kept in float32, as int8 cannot hold the infinite or huge constants (attention masks) "
+                     f"they carry: {', '.join(sorted({op for op, _ in masked}))} ({len(masked)} op(s), "
+                     f"up to each SOFTMAX)")
+    region: list[tuple[str, str]] = []
+    if plan is not None and plan.float_layers and scheme == "int8":
+        region = region_ops(float_model, plan)
+        meta["float_layers"] = [lay.path for lay in plan.float_layers]
+        meta["mixed_precision"] = precision
+        notes.append(f"kept in {'16-bit activations (16x8)' if precision == 'int16' else 'float'}: "
+                     f"{', '.join(lay.path for lay in plan.float_layers)} ({len(region)} op(s))")
+    algorithm = "MSE" if plan is not None and plan.advanced and scheme == "int8" else None
+    if algorithm:
+        meta["advanced"] = {"weights": "MSE ranges (ai-edge-quantizer)", "activations": "min/max"}
+        notes.append("advanced PTQ: ai-edge-quantizer with MSE weight ranges")
+    data = _quantize(float_model, scheme, per_channel, io, calib, masked, region=region, precision=precision,
+                     algorithm=algorithm, block_size=block_size)
+    if scheme == "int8":
+        meta["calibration_samples"] = len(calib)
+    if scheme == "int4-weights":
+        meta["int4"] = int4_summary(data, block_size)
+        notes.append(_int4_note(meta["int4"]))
+    meta["notes"] = notes
+    return data, meta
+
+
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "CONV_3D", "TRANSPOSE_CONV", "CONV_2D_TRANSPOSE")
+
+
+def _op_name(model: Any, op: Any) -> str:
+    """The builtin op's name (CONV_2D, DEQUANTIZE, ...), from LiteRT's own schema."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    code = model.operatorCodes[op.opcodeIndex]
+    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+
+def _weighted_ops(model: Any, graph: Any) -> list[tuple[int, str, int]]:
+    """(op index, op name, weight numel) of the ops with a constant weight, in graph order."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    out = []
+    for i, op in enumerate(graph.operators):
+        name = _op_name(model, op)
+        if name not in _WEIGHTED or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        weight = graph.tensors[op.inputs[1]]
+        data = fb.get_tensor_data(weight, model.buffers) if weight.buffer is not None else None
+        if data is None:
+            continue
+        out.append((i, name, int(np.prod(weight.shape))))
+    return out
+
+
+def region_ops(float_model: bytes, plan: Any) -> list[tuple[str, str]]:
+    """(op name, op scope) of the float layers' ops and of the ops between them and the layers
+    that read them (a PAD or MEAN there would requantize the tensor). A layer's op is found by
+    execution order and weight size: the file's weighted ops follow the model's execution order
+    (both routes), and the i-th layer is the next op with its number of weights."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    model = _read(float_model)
+    graph = model.subgraphs[0]
+    ops = _weighted_ops(model, graph)
+    where: dict[int, int] = {}
+    cursor = 0
+    for lay in plan.layers:
+        for k in range(cursor, len(ops)):
+            if ops[k][2] == lay.weight_numel:
+                where[lay.index] = ops[k][0]
+                cursor = k + 1
+                break
+    missing = [lay.path for lay in plan.float_layers if lay.index not in where]
+    if missing:
+        raise ConversionError(f"tflite-int8: cannot find the op of layer(s) {', '.join(missing)} in the file "
+                              f"({len(ops)} ops with weights, {len(plan.layers)} layers in torch)")
+    weighted = {i for i, _, _ in ops}
+    consumers: dict[int, list[int]] = {}
+    for i, op in enumerate(graph.operators):
+        for t in op.inputs:
+            if t >= 0:
+                consumers.setdefault(int(t), []).append(i)
+    chosen = {where[lay.index] for lay in plan.float_layers}
+    between: set[int] = set()
+    stack = [t for i in chosen for t in graph.operators[i].outputs if t >= 0]
+    seen: set[int] = set()
+    while stack:
+        t = int(stack.pop())
+        if t in seen:
+            continue
+        seen.add(t)
+        for i in consumers.get(t, []):
+            if i in weighted or i in between:
+                continue
+            between.add(i)
+            stack.extend(x for x in graph.operators[i].outputs if x >= 0)
+    return [(_op_name(model, graph.operators[i]), fb.get_op_scope(graph.operators[i], graph.tensors))
+            for i in sorted(chosen | between)]
+
+
+def int4_summary(data: bytes, block_size: int) -> dict[str, Any]:
+    """How many weighted ops got 4-bit weights; the rest keep float weights (no int4 kernel)."""
+    model = _read(data)
+    graph = model.subgraphs[0]
+    ops = _weighted_ops_any(model, graph)
+    int4 = [name for name, dtype in ops if dtype == 17]     # TensorType.INT4
+    return {"block_size": block_size, "layers": len(ops), "int4_layers": len(int4),
+            "float_ops": sorted({name for name, dtype in ops if dtype != 17})}
+
+
+def _weighted_ops_any(model: Any, graph: Any) -> list[tuple[str, int]]:
+    """(op name, weight tensor type) of every weighted op, the weight found through a DEQUANTIZE."""
+    producer = {int(t): op for op in graph.operators for t in op.outputs if t >= 0}
+    out = []
+    for op in graph.operators:
+        name = _op_name(model, op)
+        if name not in _WEIGHTED or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        t = int(op.inputs[1])
+        src = producer.get(t)
+        if src is not None and _op_name(model, src) == "DEQUANTIZE":
+            t = int(src.inputs[0])
+        out.append((name, int(graph.tensors[t].type)))
+    return out
+
+
+def _int4_note(info: dict[str, Any]) -> str:
+    where = f"blocks of {info['block_size']}" if info["block_size"] in (32, 64, 128, 256) else "per channel"
+    text = (f"4-bit weights in {info['int4_layers']} of {info['layers']} weighted ops (FULLY_CONNECTED in {where}, "
+            f"int8 activations at run time; CONV_2D per channel, float compute)")
+    if info["float_ops"]:
+        text += f"; float weights in {', '.join(info['float_ops'])} (ai-edge-quantizer has no 4-bit recipe for them)"
+    return text
+
+
 def _calibration_set(calibration: dict[str, np.ndarray], file_inputs: list[dict[str, Any]],
                      names: list[str]) -> list[dict[str, np.ndarray]]:
     missing = [n for n in names if n not in calibration]
@@ -263,24 +409,38 @@ def _calibration_set(calibration: dict[str, np.ndarray], file_inputs: list[dict[
 
 
 def _quantize(float_model: bytes, scheme: str, per_channel: bool, io: str,
-              calib: list[dict[str, np.ndarray]] | None, masked: list[tuple[str, str]]) -> bytes:
+              calib: list[dict[str, np.ndarray]] | None, masked: list[tuple[str, str]], *,
+              region: list[tuple[str, str]] = (), precision: str = "float", algorithm: str | None = None,
+              block_size: int = 32) -> bytes:
     with quiet() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             from ai_edge_quantizer import default_policy, qtyping, quantizer
+            from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
             ops = qtyping.TFLOperationName
             granularity = qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
+            algo = {"algorithm_key": AlgorithmName.MSE} if algorithm == "MSE" else {}
             qt = quantizer.Quantizer(bytearray(float_model))
-            if scheme == "dynamic":
+            if scheme == "int4-weights":
+                # ai-edge-quantizer 0.10's 4-bit recipes: block-wise for FULLY_CONNECTED and
+                # EMBEDDING_LOOKUP as dynamic range (int4 weights, int8 activations at run time:
+                # XNNPACK's qd8-f32-qb4w kernels), per channel weight-only for CONV_2D and BATCH_MATMUL.
+                blocks = {32: "BLOCKWISE_32", 64: "BLOCKWISE_64", 128: "BLOCKWISE_128", 256: "BLOCKWISE_256"}
+                granularity4 = getattr(qtyping.QuantGranularity, blocks.get(block_size, "CHANNELWISE"))
+                for op in (ops.FULLY_CONNECTED, ops.EMBEDDING_LOOKUP):
+                    qt.add_dynamic_config(".*", op, 4, granularity4)
+                for op in (ops.CONV_2D, ops.BATCH_MATMUL):
+                    qt.add_weight_only_config(".*", op, 4, qtyping.QuantGranularity.CHANNELWISE)
+            elif scheme == "dynamic":
                 qt.add_dynamic_config(".*", ops.ALL_SUPPORTED, 8, granularity)
             elif io == "int8":
-                qt.add_static_config(".*", ops.ALL_SUPPORTED, 8, 8, granularity)
+                qt.add_static_config(".*", ops.ALL_SUPPORTED, 8, 8, granularity, **algo)
             else:
                 # Every op the static int8 policy covers, except the graph's INPUT and OUTPUT.
                 supported = _static_int8_ops(default_policy.DEFAULT_JSON_POLICY, ops)
                 for op in supported:
-                    qt.add_static_config(".*", op, 8, 8, granularity)
+                    qt.add_static_config(".*", op, 8, 8, granularity, **algo)
                 if io == "uint8":
                     boundary = qtyping.OpQuantizationConfig(
                         activation_tensor_config=qtyping.TensorQuantizationConfig(
@@ -289,11 +449,17 @@ def _quantize(float_model: bytes, scheme: str, per_channel: bool, io: str,
                     for op in (ops.INPUT, ops.OUTPUT):
                         qt.update_quantization_recipe(regex=".*", operation_name=op, op_config=boundary)
             if scheme == "int8":
-                from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
                 for op_name, scope in masked:
                     qt.update_quantization_recipe(regex=f"^{re.escape(scope)}$", operation_name=ops(op_name),
                                                   algorithm_key=AlgorithmName.NO_QUANTIZE)
+                a16 = set(json.loads(default_policy.DEFAULT_JSON_POLICY)["ops_per_config"]["static_wi8_ai16"])
+                for op_name, scope in region:
+                    regex = f"^{re.escape(scope)}$"
+                    if precision == "int16" and op_name in a16:
+                        qt.add_static_config(regex, ops(op_name), 16, 8, granularity)
+                    else:
+                        qt.update_quantization_recipe(regex=regex, operation_name=ops(op_name),
+                                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
             result = qt.calibrate({SIGNATURE: calib}) if qt.need_calibration else None
             return bytes(qt.quantize(result, enable_progress_report=False).quantized_model)
         except ConversionError:
@@ -307,8 +473,6 @@ def _quantize(float_model: bytes, scheme: str, per_channel: bool, io: str,
 
 def _static_int8_ops(json_policy: str, ops: Any) -> list[Any]:
     """The ops ai-edge-quantizer's policy allows for static int8 (its own list), less INPUT and OUTPUT."""
-    import json
-
     listed = json.loads(json_policy)["ops_per_config"]["static_wi8_ai8"]
     skip = {ops.INPUT.value, ops.OUTPUT.value}
     return [ops(name) for name in dict.fromkeys(listed) if name not in skip]

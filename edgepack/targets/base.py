@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import pkgutil
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,9 +19,30 @@ import numpy as np
 from ..arrays import Arrays, as_arrays, n_samples
 from ..artifacts import Artifact
 from ..errors import ToolchainMissing, UsageError
+from ..layers import Layer
+from ..sensitivity import QuantSim
 
 REGISTRY: dict[str, type["Target"]] = {}
 _EXPORT_FORMATS = {"onnx": "from ONNX", "pt2": "a torch.export program (.pt2)"}
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """What a recovery step asks convert() for, beyond the profile's [quantize] settings.
+
+    advanced: the target's better post-training quantization (its own list: SmoothQuant, bias
+    correction, MSE ranges). float_layers: layers that run in float with their outputs, which
+    the target maps onto its own ops (see edgepack.layers: the float region of the layers the
+    mixed step chose); `layers` lists every quantizable layer in execution order, to find them."""
+
+    step: str = "ptq"
+    advanced: bool = False
+    float_layers: tuple[Layer, ...] = ()
+    layers: tuple[Layer, ...] = ()
+
+    @property
+    def default(self) -> bool:
+        return not self.advanced and not self.float_layers
 
 
 class Target(ABC):
@@ -33,6 +55,12 @@ class Target(ABC):
     requires: ClassVar[tuple[str, ...]] = ()   # importable module names of the toolchain
     export_format: ClassVar[str] = "onnx"      # Artifact.kind that export() makes and convert() takes
     schemes: ClassVar[tuple[str, ...]] = ("int8", "dynamic", "none")
+    # Recovery steps it runs (quantize.recovery): the quantize stage passes over the others, saying so.
+    recovery_steps: ClassVar[tuple[str, ...]] = ("ptq",)
+    # How its int8 quantizer treats activations: the sensitivity simulation copies it.
+    quant_sim: ClassVar[QuantSim] = QuantSim()
+    # Precisions the mixed step may keep a layer in (quantize.mixed_precision).
+    mixed_precisions: ClassVar[tuple[str, ...]] = ("float",)
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -96,8 +124,8 @@ class Target(ABC):
     @abstractmethod
     def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
                 *, progress: Any = None, validation: tuple[Arrays, Any] | None = None, task: Any = None,
-                route: str | None = None, module: Artifact | None = None) -> Artifact:
-        """Quantize (per `quantize.scheme`) and convert to the target format.
+                route: str | None = None, module: Artifact | None = None, plan: QuantPlan | None = None) -> Artifact:
+        """Quantize (per `quantize.scheme`, and `plan`: a recovery step's asks) and convert to the target format.
 
         `calibration`: the model's inputs, named, torch layout, already preprocessed.
         `validation`: (inputs, targets) disjoint from the calibration subset and the evaluation

@@ -41,7 +41,8 @@ from ..errors import ConversionError
 from ..arrays import Arrays, as_arrays, flatten_outputs, head, n_samples, take, to_torch
 from ..arrays import output_names as arrays_output_names
 from ._onnx import INPUT_NAME, OUTPUT_NAME, batch_dims, io_entries, quiet
-from .base import Target
+from ._pt2e import keep_float, xnnpack_quantizer
+from .base import QuantPlan, Target
 
 # torchao (imported by executorch.exir) warns that its CUDA kernels (mxfp8, cutlass) do not
 # load (true of every CPU install, of no use to an XNNPACK build) and, through torch's pytree
@@ -67,6 +68,7 @@ class ExecuTorchArm(Target):
     requires = ("executorch", "torchao")
     export_format = "pt2"
     quantizer = "PT2E with the XNNPACK quantizer (torchao.quantization.pt2e)"
+    recovery_steps = ("ptq", "advanced", "mixed", "qat")
 
     # xnnpack: the XNNPACK delegate takes what it can. portable: no delegate, every op on
     # ExecuTorch's portable kernels: slower, but it runs a graph the XNNPACK partitioner's
@@ -120,10 +122,11 @@ class ExecuTorchArm(Target):
     # -- convert ------------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
                 *, progress: Any = None, validation: Any = None, task: Any = None, route: str | None = None,
-                module: Artifact | None = None) -> Artifact:
+                module: Artifact | None = None, plan: QuantPlan | None = None) -> Artifact:
         calib = self.convert_inputs(exported, quantize, calibration)
         import torch
 
+        plan = plan or QuantPlan()
         scheme = quantize.scheme
         notes: list[str] = []
         if quantize.io != "float32" and scheme != "none":
@@ -137,7 +140,7 @@ class ExecuTorchArm(Target):
             sample = _sample(exported, calib)
             if scheme != "none":
                 try:
-                    program = _quantize(program, scheme, quantize.per_channel, calib, sample)
+                    program = _quantize(program, scheme, quantize.per_channel, calib, sample, plan)
                 except Exception as e:
                     raise ConversionError(f"target {self.name!r}: PT2E quantization ({scheme}) failed"
                                           f"{_op_clause(str(e))}: {_first_line(e)}") from e
@@ -170,6 +173,12 @@ class ExecuTorchArm(Target):
             meta["per_channel"] = bool(quantize.per_channel)
         if scheme == "int8":
             meta["calibration_samples"] = n_samples(calib)
+        if plan.advanced and scheme == "int8":
+            meta["advanced"] = dict(ADVANCED)
+            notes.append("advanced PTQ: NNCF quantize_pt2e with the XNNPACK quantizer (SmoothQuant on linear "
+                         "layers, full bias correction)")
+        if plan.float_layers:
+            meta["float_layers"] = [lay.path for lay in plan.float_layers]
         if diff is not None:
             meta["max_abs_diff"] = diff
         if route == "portable":
@@ -248,32 +257,55 @@ class ExecuTorchArm(Target):
 
 # -- PT2E -------------------------------------------------------------------------
 
-def _quantize(program: Any, scheme: str, per_channel: bool, calib: Arrays, sample: tuple[Any, ...]) -> Any:
+# The advanced step (NNCF quantize_pt2e): SmoothQuant on linear layers (its design case, NNCF's
+# alpha), none on convolutions (XNNPACK quantizes a conv's output, so a smoothing multiply after
+# it smooths nothing: measured on the outlier model, 25 % -> 28 %), full bias correction.
+ADVANCED = {"smooth_quant": {"matmul": 0.95, "convolution": -1}, "bias_correction": "full"}
+
+
+def _quantize(program: Any, scheme: str, per_channel: bool, calib: Arrays, sample: tuple[Any, ...],
+              plan: QuantPlan) -> Any:
     import torch
 
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=scheme == "dynamic")
-    prepared = prepare_pt2e(program.module(), XNNPACKQuantizer().set_global(config))
-    # Static: calibrate activations on every sample. Dynamic: activations need no statistics;
-    # one pass feeds the weight observers.
-    feed = calib if scheme == "int8" else head(calib, 1)
+    quantizer = keep_float(xnnpack_quantizer(per_channel, dynamic=scheme == "dynamic"), plan.float_layers,
+                           plan.layers)
     # One intra-op thread: the observers run many tiny ops, and on a busy machine each parallel
     # region waits for a descheduled worker (seen: 120 ms per sample with 2 threads, 1 ms with 1).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            if n_samples(feed) == 0:
-                prepared(*sample)
-            for i in range(n_samples(feed)):
-                prepared(*to_torch(take(feed, slice(i, i + 1))))
+        if plan.advanced and scheme == "int8":
+            converted = _nncf_quantize(program.module(), quantizer, calib)
+        else:
+            prepared = prepare_pt2e(program.module(), quantizer)
+            # Static: calibrate activations on every sample. Dynamic: activations need no statistics;
+            # one pass feeds the weight observers.
+            feed = calib if scheme == "int8" else head(calib, 1)
+            with torch.no_grad():
+                if n_samples(feed) == 0:
+                    prepared(*sample)
+                for i in range(n_samples(feed)):
+                    prepared(*to_torch(take(feed, slice(i, i + 1))))
+            converted = convert_pt2e(prepared)
     finally:
         torch.set_num_threads(threads)
-    converted = convert_pt2e(prepared)
     return torch.export.export(converted, sample)
+
+
+def _nncf_quantize(graph: Any, quantizer: Any, calib: Arrays) -> Any:
+    """NNCF's post-training pipeline on the PT2E graph, with the XNNPACK quantizer's annotation."""
+    import nncf
+    from nncf.experimental.torch.fx import quantize_pt2e
+    from nncf.quantization.advanced_parameters import AdvancedSmoothQuantParameters
+
+    items = [to_torch(take(calib, slice(i, i + 1))) for i in range(n_samples(calib))]
+    sq = ADVANCED["smooth_quant"]
+    return quantize_pt2e(graph, quantizer, nncf.Dataset(items, lambda item: item), subset_size=len(items),
+                         fast_bias_correction=False, smooth_quant=True,
+                         smooth_quant_params=AdvancedSmoothQuantParameters(convolution=sq["convolution"],
+                                                                          matmul=sq["matmul"]))
 
 
 def _sample(exported: Artifact, calib: Arrays) -> tuple[Any, ...]:

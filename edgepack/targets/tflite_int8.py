@@ -54,7 +54,7 @@ from ..artifacts import Artifact, atomic_write_bytes
 from ..errors import ConversionError
 from ..arrays import Arrays, n_samples
 from ._onnx import OUTPUT_NAME, quiet
-from .base import Target, to_layout
+from .base import QuantPlan, Target, to_layout
 
 _ONNX_LAYOUTS = {2: "NC", 3: "NCW", 4: "NCHW", 5: "NCDHW"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -78,16 +78,23 @@ class TfliteInt8(Target):
     quantizer: ClassVar[str] = ("TFLiteConverter post-training quantization (representative dataset); "
                                 "ai-edge-quantizer on the litert-torch route")
     route_names = ("onnx2tf", "litert-torch")
+    schemes = ("int8", "dynamic", "none", "int4-weights")
+    recovery_steps = ("ptq", "advanced", "mixed", "qat")
+    mixed_precisions = ("float", "int16")
 
     # -- convert ----------------------------------------------------------------
     def convert(self, exported: Artifact, quantize: Any, calibration: Arrays | np.ndarray, out_dir: Path,
                 *, progress: Any = None, validation: Any = None, task: Any = None, route: str | None = None,
-                module: Artifact | None = None) -> Artifact:
+                module: Artifact | None = None, plan: QuantPlan | None = None) -> Artifact:
+        plan = plan or QuantPlan()
         route = route or self.routes(quantize)[0]
         if route == "litert-torch":
-            return self._convert_litert_torch(exported, quantize, calibration, Path(out_dir), progress, module)
+            return self._convert_litert_torch(exported, quantize, calibration, Path(out_dir), progress, module, plan)
         calib = self.convert_inputs(exported, quantize, calibration)
         scheme = quantize.scheme
+        # Recovery steps and 4-bit weights need per-op recipes: ai-edge-quantizer on onnx2tf's float
+        # file. Plain PTQ keeps TensorFlow's converter (the same file as before recovery existed).
+        per_op = scheme == "int4-weights" or (scheme == "int8" and not plan.default)
         io = quantize.io if scheme == "int8" else "float32"
         notes = []
         if io != quantize.io:
@@ -103,14 +110,26 @@ class TfliteInt8(Target):
             model, layouts = _onnx_to_keras(exported.path, calib, work)
             advance(1)
             model_layout_calib = {k: to_layout(v, layouts[k]) for k, v in calib.items()}
-            data = _to_tflite(model, scheme, quantize.per_channel, io, model_layout_calib, output_names)
+            qmeta: dict[str, Any] = {}
+            if per_op:
+                from ._litert_torch import quantize_float_tflite
+
+                float_data = _to_tflite(model, "none", quantize.per_channel, "float32", model_layout_calib,
+                                        output_names)
+                data, qmeta = quantize_float_tflite(float_data, scheme, quantize.per_channel, io, model_layout_calib,
+                                                    list(model_layout_calib), plan=plan,
+                                                    precision=quantize.mixed_precision,
+                                                    block_size=quantize.weights_block_size)
+                notes += qmeta.pop("notes")
+            else:
+                data = _to_tflite(model, scheme, quantize.per_channel, io, model_layout_calib, output_names)
             dest = out_dir / "model.tflite"
             atomic_write_bytes(dest, data)
             advance(1)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         meta: dict[str, Any] = {"layout": next(iter(layouts.values())), "layouts": layouts, "scheme": scheme,
-                                "io": io, "output_names": output_names, "route": "onnx2tf"}
+                                "io": io, "output_names": output_names, "route": "onnx2tf", **qmeta}
         output_layouts = _output_layouts(dest, exported.meta.get("output_shapes") or {})
         if output_layouts:
             meta["output_layouts"] = output_layouts
@@ -127,7 +146,8 @@ class TfliteInt8(Target):
             # The converter keeps ops without an int8 kernel in float, between DEQUANTIZE and QUANTIZE,
             # even with int8-only builtins asked for: fine on a CPU, not on an int8-only accelerator.
             meta["float_ops"] = float_ops
-            notes.append(f"not fully integer: {', '.join(float_ops)} run in float32 (no int8 kernel)")
+            if not plan.float_layers:
+                notes.append(f"not fully integer: {', '.join(float_ops)} run in float32 (no int8 kernel)")
         if scheme != "none":
             meta["per_channel"] = bool(quantize.per_channel)
         if scheme == "int8":
@@ -138,7 +158,7 @@ class TfliteInt8(Target):
         return Artifact.from_file("tflite", dest, **meta)
 
     def _convert_litert_torch(self, exported: Artifact, quantize: Any, calibration: Any, out_dir: Path,
-                              progress: Any, module: Artifact | None) -> Artifact:
+                              progress: Any, module: Artifact | None, plan: QuantPlan) -> Artifact:
         """The direct route: the torch module (not the ONNX file) through litert-torch, then
         ai-edge-quantizer; see _litert_torch.py. Torch layout: no transpose of any input."""
         from ..torchmodel import load_module
@@ -151,7 +171,8 @@ class TfliteInt8(Target):
         dest = out_dir / "model.tflite"
         sample = {k: v[:1] for k, v in calib.items()}
         meta = convert_litert_torch(load_module(module), sample, calib, quantize.scheme, quantize.per_channel,
-                                    quantize.io, output_names, dest, progress)
+                                    quantize.io, output_names, dest, progress, plan=plan,
+                                    precision=quantize.mixed_precision, block_size=quantize.weights_block_size)
         meta["layouts"] = {k: _ONNX_LAYOUTS.get(v.ndim, "NC") for k, v in calib.items()}
         meta["layout"] = next(iter(meta["layouts"].values()))
         meta["output_names"] = output_names

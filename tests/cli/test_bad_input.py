@@ -211,6 +211,16 @@ def _case(tmp: Path, tiny: dict[str, Path], name: str) -> tuple[list[str], str]:
         cfg.write_text('name = "onnx-int8"\n')
         return ["-t", "tflite-int8", *base, "--config", str(cfg)], \
             f"{cfg}: name = 'onnx-int8' but the build is for target 'tflite-int8'"
+    # -- quantization
+    if name == "int4-weights on a target whose runtime does not run it":
+        return ["-t", "executorch-arm", *base, "--set", "quantize.scheme=int4-weights"], \
+            "quantize.scheme = 'int4-weights' is not supported by target 'executorch-arm'"
+    if name == "unknown recovery step":
+        return ["-t", "tflite-int8", *base, "--set", 'quantize.recovery=["ptq", "magic"]'], \
+            "--set: quantize.recovery.1: Input should be 'ptq', 'advanced', 'mixed' or 'qat'"
+    if name == "recovery step named twice":
+        return ["-t", "tflite-int8", *base, "--set", 'quantize.recovery=["ptq", "mixed", "mixed"]'], \
+            "--set: quantize.recovery: Value error, names a step twice"
     if name == "project key with a newline":
         cfg = tmp / "edgepack.toml"
         cfg.write_text('[validate]\n"runs\\nwarmup" = 3\n')
@@ -247,7 +257,9 @@ CASES = ["unknown target", "unknown profile key", "removed key validate.referenc
          "too few evaluation samples", "metric file not found", "metric function not in the file",
          "metric file fails to import", "regression with class-id targets", "unknown task kind",
          "forward returns a non-tensor", "project file is a folder", "project file names another target",
-         "project key with a newline", "signing key not found", "signing key is a public key"]
+         "project key with a newline", "signing key not found", "signing key is a public key",
+         "int4-weights on a target whose runtime does not run it", "unknown recovery step",
+         "recovery step named twice"]
 
 
 @pytest.mark.parametrize("case", CASES)

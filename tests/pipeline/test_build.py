@@ -84,6 +84,15 @@ def test_report_has_the_contract_fields(built):
     assert acc["drop_pp"] == pytest.approx(acc["teacher"] - acc["value"])
     assert 0 <= acc["top1_agreement"] <= 100 and -1 <= acc["cosine_similarity"] <= 1
     assert acc["passed"] == (acc["drop_pp"] <= acc["max_drop_pp"])
+    # per-layer sensitivity of every Conv/Linear, by module path, worst first
+    sens = r["sensitivity"]
+    assert sorted(s["module_path"] for s in sens) == ["fc", "features.0", "features.3"]
+    assert [s["sqnr_db"] for s in sens] == sorted(s["sqnr_db"] for s in sens) and sens[0]["rank"] == 1
+    assert r["sensitivity_info"]["samples"] == 32 and r["sensitivity_info"]["scheme"] == "int8"
+    assert r["recovery"]["met_by"] == "ptq" and [s["step"] for s in r["recovery"]["steps"]] == ["ptq"]
+    md = (out / "tiny_net-tflite-int8" / "report.md").read_text()
+    assert "## Per-layer sensitivity" in md and "| 1 | `" in md
+    assert (out / "tiny_net-tflite-int8" / "sensitivity.png").is_file()
 
 
 def test_reference_npz_reproduces_with_the_runtime(built):
