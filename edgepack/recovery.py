@@ -10,7 +10,8 @@ runtime, with the task's own gate. A target declares the steps it runs
             within budget is kept; else the first that converted, for the steps that follow).
   advanced  the target's better PTQ: SmoothQuant and full bias correction through NNCF
             (openvino-cpu; executorch-arm through NNCF's quantize_pt2e with the XNNPACK
-            quantizer), MSE weight ranges through ai-edge-quantizer (tflite-int8).
+            quantizer), MSE weight ranges and GPTQ rounding of FULLY_CONNECTED weights
+            through ai-edge-quantizer (tflite-int8).
   mixed     the layers the sensitivity analysis ranks worst kept in float (or int16
             activations where the runtime runs them), one at a time in that order, each with
             the layers that read its output (see edgepack.layers), until the budget holds or

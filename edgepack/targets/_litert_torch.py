@@ -247,7 +247,8 @@ def quantize_float_tflite(float_model: bytes, scheme: str, per_channel: bool, io
     """A float .tflite (either route's) quantized by ai-edge-quantizer; returns (file, meta).
 
     `plan` (edgepack.targets.base.QuantPlan): advanced -> MSE weight ranges (ai-edge-quantizer's
-    MSE algorithm; activations keep min/max); float_layers -> their ops, and the ops between them
+    MSE algorithm) and GPTQ rounding of FULLY_CONNECTED weights (its only op for GPTQ);
+    activations keep min/max; float_layers -> their ops, and the ops between them
     and the layers reading them, in float (precision "float") or 16-bit activations with int8
     weights (precision "int16", LiteRT's 16x8). Scheme "int4-weights": 4-bit weights per block of
     `block_size` inputs (per channel when 0 or when the op has no blockwise kernel), float compute."""
@@ -269,8 +270,10 @@ def quantize_float_tflite(float_model: bytes, scheme: str, per_channel: bool, io
                      f"{', '.join(lay.path for lay in plan.float_layers)} ({len(region)} op(s))")
     algorithm = "MSE" if plan is not None and plan.advanced and scheme == "int8" else None
     if algorithm:
-        meta["advanced"] = {"weights": "MSE ranges (ai-edge-quantizer)", "activations": "min/max"}
-        notes.append("advanced PTQ: ai-edge-quantizer with MSE weight ranges")
+        meta["advanced"] = {"weights": "MSE ranges; GPTQ rounding for FULLY_CONNECTED" if per_channel
+                            else "MSE ranges", "activations": "min/max"}
+        notes.append("advanced PTQ: ai-edge-quantizer with MSE weight ranges"
+                     + (" and GPTQ rounding of FULLY_CONNECTED weights" if per_channel else ""))
     data = _quantize(float_model, scheme, per_channel, io, calib, masked, region=region, precision=precision,
                      algorithm=algorithm, block_size=block_size)
     if scheme == "int8":
@@ -441,6 +444,10 @@ def _quantize(float_model: bytes, scheme: str, per_channel: bool, io: str,
                 supported = _static_int8_ops(default_policy.DEFAULT_JSON_POLICY, ops)
                 for op in supported:
                     qt.add_static_config(".*", op, 8, 8, granularity, **algo)
+            if algorithm == "MSE" and scheme == "int8" and per_channel:
+                # GPTQ: weights rounded to compensate each other's error on the calibration inputs
+                # (the AdaRound-like algorithm ai-edge-quantizer 0.10 has, for FULLY_CONNECTED only)
+                qt.add_static_config(".*", ops.FULLY_CONNECTED, 8, 8, granularity, algorithm_key=AlgorithmName.GPTQ)
                 if io == "uint8":
                     boundary = qtyping.OpQuantizationConfig(
                         activation_tensor_config=qtyping.TensorQuantizationConfig(

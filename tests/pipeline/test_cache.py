@@ -218,6 +218,17 @@ def test_the_validate_key_holds_the_reference_artifacts(tiny, tmp_path):
     assert with_reference("3" * 64) != with_reference("4" * 64)
 
 
+def test_the_quantize_key_holds_recovery_settings_and_what_recovery_reads(tiny):
+    """The budget picks the recovery step, and QAT distils with the distill section's loss."""
+    base = keys(key_context(tiny))
+    for change in ('quantize.recovery=["ptq", "mixed"]', "quantize.max_float_layers=2",
+                   "quantize.weights_block_size=64", "quantize.sensitivity_samples=8", "quantize.qat_epochs=1",
+                   "validate.max_accuracy_drop_pp=2.0", "distill.temperature=2.0"):
+        changed = keys(key_context(tiny, change))
+        assert base["quantize"] != changed["quantize"], change
+        assert base["export"] == changed["export"], change
+
+
 # -- 4. device measurements are never cached -----------------------------------------------------
 def test_a_rebuild_serves_every_stage_but_validate_from_the_cache(tiny, out):
     before = json.loads((bundle(out, "tiny_net") / "report.json").read_text())

@@ -21,7 +21,7 @@ from tests.zoo import outlier
 pytestmark = pytest.mark.slow
 
 FAST = ("distill.enabled=false", "prune.enabled=false", "validate.runs=5", "validate.warmup_runs=1",
-        "quantize.calibration_samples=128")
+        "quantize.calibration_samples=64")
 
 
 @pytest.fixture(scope="module")
