@@ -464,26 +464,11 @@ def _from_constant(node: Any, depth: int = 0) -> bool:
 
 def _onnx_scopes(onnx_path: Path) -> dict[str, str]:
     """ONNX node name -> torch module path, from the dynamo exporter's metadata (best effort)."""
-    import ast
-
-    import onnx
-
-    try:
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    except Exception:
-        return {}
     out = {}
-    for node in graph.node:
-        props = {p.key: p.value for p in node.metadata_props}
-        try:
-            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
-        except (ValueError, SyntaxError):
-            continue
-        modules = [s for s in scopes[:-1] if s]
+    for name, (modules, fused) in _onnx_node_scopes(onnx_path).items():
         if modules:
             # The exporter folds a BatchNorm into the conv before it and names the result after the BatchNorm.
-            fused = props.get("pkg.onnxscript.rewriter.rule_name") == "FuseBatchNormIntoConv"
-            out[node.name] = modules[-1] + (" (conv + batch norm)" if fused else "")
+            out[name] = modules[-1] + (" (conv + batch norm)" if fused else "")
     return out
 
 
@@ -576,6 +561,12 @@ def _numel(op: Any) -> int:
 
 def _onnx_scope_lists(onnx_path: Path) -> dict[str, list[str]]:
     """ONNX node name -> the torch module paths it was made in, outermost first."""
+    return {name: modules for name, (modules, _) in _onnx_node_scopes(onnx_path).items()}
+
+
+def _onnx_node_scopes(onnx_path: Path) -> dict[str, tuple[list[str], bool]]:
+    """ONNX node name -> (the torch module paths it was made in, outermost first; whether the
+    exporter fused a BatchNorm into it), from the dynamo exporter's metadata (best effort)."""
     import ast
 
     import onnx
@@ -591,7 +582,8 @@ def _onnx_scope_lists(onnx_path: Path) -> dict[str, list[str]]:
             scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
         except (ValueError, SyntaxError):
             continue
-        out[node.name] = [s for s in scopes[:-1] if s]
+        out[node.name] = ([s for s in scopes[:-1] if s],
+                          props.get("pkg.onnxscript.rewriter.rule_name") == "FuseBatchNormIntoConv")
     return out
 
 
