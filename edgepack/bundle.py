@@ -258,5 +258,18 @@ def inspect_bundle(path: Path) -> tuple[dict[str, Any], list[tuple[str, bool]]]:
     return manifest, checks
 
 
-__all__ = ["SIGNATURE", "atomic_write_text", "bundle_name", "bundle_tree", "inspect_bundle", "is_safe_relpath",
+def intact_manifest(path: Path, *, named: Path | None = None, refusing: str = "") -> dict[str, Any]:
+    """The manifest of a bundle whose every file matches its sha256, else UsageError (exit 2)
+    naming the changed files; `named`: the path to name (default `path`), `refusing`: what is
+    not done with it ("not signing it")."""
+    manifest, checks = inspect_bundle(path)
+    bad = [f for f, ok in checks if not ok]
+    if bad:
+        raise UsageError(f"{named or path}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch)"
+                         + (f": {refusing}" if refusing else ""))
+    return manifest
+
+
+__all__ = ["SIGNATURE", "atomic_write_text", "bundle_name", "bundle_tree", "inspect_bundle", "intact_manifest",
+           "is_safe_relpath",
            "make_manifest", "republish", "split_bundle_path", "write_bundle"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle import SIGNATURE, bundle_tree, inspect_bundle
+from ..bundle import SIGNATURE, bundle_tree, intact_manifest
 from ..errors import UsageError
 from .artifact import build_artifact
 from .refs import TAG, Ref, parse_ref
@@ -44,11 +44,7 @@ def push_bundle(bundle: Path, ref_text: str, *, version: str | None = None, inse
                 ca_cert: Path | None = None, on_blob: Callable[[str], None] = lambda _: None) -> Pushed:
     ref = parse_ref(ref_text, need="tag")
     with bundle_tree(bundle) as tree:
-        manifest, checks = inspect_bundle(tree)
-        bad = [f for f, ok in checks if not ok]
-        if bad:
-            raise UsageError(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch): "
-                             "not pushing it")
+        manifest = intact_manifest(tree, named=bundle, refusing="not pushing it")
         target = str(manifest.get("target") or "")
         tags = release_tags(ref.tag, target, version) if target else [ref.tag]
         store = open_store(ref, insecure=insecure, ca_cert=ca_cert, create=True)

@@ -31,7 +31,7 @@ from ..artifacts import sha256_file
 from ..bundle import (
     SIGNATURE,
     bundle_tree,
-    inspect_bundle,
+    intact_manifest,
     republish,
     split_bundle_path,
 )
@@ -190,11 +190,7 @@ def sign_bundle(bundle: Path, private_key: Path) -> Signed:
     load_private_key(private_key)
     folder, name = split_bundle_path(bundle)
     with bundle_tree(bundle) as src:
-        manifest, checks = inspect_bundle(src)
-        bad = [f for f, ok in checks if not ok]
-        if bad:
-            raise UsageError(f"{bundle}: {', '.join(bad)} changed since the bundle was made (sha256 mismatch): "
-                             "not signing it")
+        manifest = intact_manifest(src, named=bundle, refusing="not signing it")
         marks: list[str] = []
         tree, zip_path = republish(src, folder, name, sign=lambda t: marks.append(sign_tree(t, private_key)))
     return Signed(tree, zip_path, marks[0], len(manifest.get("files", {})))
