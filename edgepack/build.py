@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from . import selfcheck
 from .artifacts import atomic_write_json
 from .bundle import bundle_name, make_manifest, model_filename, write_bundle
 from .config import Settings, load_settings
-from .errors import UsageError, stage_errors
+from .errors import EdgepackError, UsageError, stage_errors
 from .inputs.data import Dataset, load_data
 from .inputs.model import LoadedModel, check_forward, load_model, order_inputs
 from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
@@ -38,6 +39,7 @@ class BuildRequest:
     metric: str | None = None          # --metric FILE.py:FUNCTION (task.metric)
     allow_overlap: bool = False        # --allow-overlap (data.allow_overlap)
     sign_key: Path | None = None       # --sign-key (bundle.sign_key)
+    cache_dir: Path | None = None      # --cache-dir: the stage cache (default: <out>/.edgepack-cache)
 
 
 @dataclass
@@ -47,6 +49,12 @@ class Prepared:
     ctx: BuildContext
     out: Path
     use_cache: bool = True
+    cache_dir: Path | None = None
+
+    @property
+    def cache_root(self) -> Path:
+        """The stage cache: --cache-dir (a folder several builds or cluster nodes share), else in --out."""
+        return self.cache_dir or self.out / ".edgepack-cache"
 
 
 @dataclass
@@ -108,7 +116,10 @@ def prepare(req: BuildRequest, log: Callable[[str], None] = print) -> Prepared:
     for stage, enabled in plan(ctx):
         if enabled:
             stage.check(settings[stage.section], ctx)
-    return Prepared(settings, target, ctx, out, req.use_cache)
+    cache_dir = Path(req.cache_dir) if req.cache_dir else None
+    if cache_dir is not None:
+        _check_out(cache_dir)
+    return Prepared(settings, target, ctx, out, req.use_cache, cache_dir)
 
 
 def describe_plan(p: Prepared) -> list[tuple[str, bool]]:
@@ -117,24 +128,31 @@ def describe_plan(p: Prepared) -> list[tuple[str, bool]]:
 
 def run_build(p: Prepared, *, use_cache: bool = True,
               on_stage: Callable[[StageRecord], None] | None = None) -> BuildOutcome:
-    cache_root = p.out / ".edgepack-cache"
-    result: BuildResult = run_pipeline(p.ctx, cache_root, use_cache=use_cache, on_stage=on_stage)
+    result: BuildResult = run_pipeline(p.ctx, p.cache_root, use_cache=use_cache, on_stage=on_stage)
     with stage_errors("bundle", p.target.name):
         return _write_outputs(p, result)
 
 
 def _write_outputs(p: Prepared, result: BuildResult) -> BuildOutcome:
     """The report and the bundle, from a finished pipeline."""
-    from .report import build_report, render_markdown, render_plots
+    from .report import build_report
 
-    cache_root = p.out / ".edgepack-cache"
     ctx, art = result.ctx, result.artifact
     name = bundle_name(ctx.teacher.name, p.target.name)
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     report = build_report(result, p.settings, p.target, ctx.data, ctx.teacher, model_filename(art), created)
 
-    scratch = cache_root / "report"
-    scratch.mkdir(parents=True, exist_ok=True)
+    # The plots' scratch folder is this build's own: a shared cache may serve several at once.
+    p.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".edgepack-report-", dir=p.out) as scratch_dir:
+        return _bundle(p, result, report, name, created, Path(scratch_dir))
+
+
+def _bundle(p: Prepared, result: BuildResult, report: dict[str, Any], name: str, created: str,
+            scratch: Path) -> BuildOutcome:
+    from .report import render_markdown, render_plots
+
+    ctx, art = result.ctx, result.artifact
     plots = render_plots(report, scratch)
     files: dict[str, Any] = {model_filename(art): art.path}
     for side in art.meta.get("side_files", []):
@@ -161,6 +179,36 @@ def _write_outputs(p: Prepared, result: BuildResult) -> BuildOutcome:
             signed.append(sign_tree(tree, Path(p.settings.bundle.sign_key)))
     tree, zip_path = write_bundle(p.out, name, files, manifest, sign=sign)
     return BuildOutcome(report["passed"], tree, zip_path, report, result.records, signed[0] if signed else None)
+
+
+def build_detached(req: BuildRequest) -> dict[str, Any]:
+    """One build from its request, for a worker process or another node (`--executor ray`,
+    search trials): prepares, runs and bundles it, and returns what the driver prints and
+    records, plain data only. Errors on purpose become an exit code and a message here."""
+    import os
+    import socket
+    import time
+
+    from .errors import InternalError
+
+    lines: list[str] = []
+    started = time.perf_counter()
+    where = {"node": socket.gethostname(), "pid": os.getpid()}
+    try:
+        with stage_errors("prepare", req.target):
+            prepared = prepare(req, log=lines.append)
+        with stage_errors("build", req.target):
+            outcome = run_build(prepared, use_cache=req.use_cache)
+    except EdgepackError as e:
+        msg = str(e)
+        if isinstance(e, InternalError):
+            msg = f"{msg}\n{e.traceback_text()}"
+        return {"target": req.target, "exit_code": e.exit_code, "error": msg, "log": lines, **where,
+                "seconds": round(time.perf_counter() - started, 3)}
+    return {"target": req.target, "exit_code": 0 if outcome.passed else 1, "error": None, "log": lines, **where,
+            "seconds": round(time.perf_counter() - started, 3), "report": outcome.report,
+            "bundle": str(outcome.zip), "tree": str(outcome.tree), "signed_by": outcome.signed_by,
+            "records": [dataclasses.asdict(r) for r in outcome.records]}
 
 
 def _json(obj: Any) -> str:

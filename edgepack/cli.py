@@ -94,6 +94,22 @@ def main() -> None:
     """
 
 
+_executor_options = [
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="local: in this process, one build after another; ray: concurrent Ray tasks."),
+    click.option("--address", help="Join this Ray cluster (host:port, or auto) instead of starting a local Ray."),
+    click.option("--workers", type=click.IntRange(1), help="A local Ray's CPUs (default: every core)."),
+    click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
+                 help="The stage cache (default: OUT/.edgepack-cache); on a cluster, a folder every node reads."),
+]
+
+
+def executor_options(fn):
+    for option in reversed(_executor_options):
+        fn = option(fn)
+    return fn
+
+
 @main.command(epilog=EXAMPLES_BUILD)
 @click.option("--target", "-t", "target_names", required=True, multiple=True,
               help="Target profile (see `edgepack targets`); repeat it, or say `all`, for several.")
@@ -112,8 +128,9 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and the stage plan; run nothing.")
 @click.option("--sign-key", type=click.Path(path_type=Path), metavar="PRIVATE.pem",
               help="Sign the bundle with this EC private key (bundle.sign_key): model.sig beside manifest.json.")
+@executor_options
 def build(target_names, model, weights, data, train_data, student, metric, allow_overlap, config, out, overrides,
-          devices, no_cache, dry_run, sign_key) -> None:
+          devices, no_cache, dry_run, sign_key, executor, address, workers, cache_dir) -> None:
     """Build, validate and bundle a model for one target, or several (one bundle each plus a
     comparison report; the exit code is the worst of them)."""
     from .build import BuildRequest, prepare
@@ -124,9 +141,11 @@ def build(target_names, model, weights, data, train_data, student, metric, allow
     except EdgepackError as e:
         _err(str(e))
         sys.exit(e.exit_code)
+    _check_executor(executor, address, workers)
     reqs = [BuildRequest(target=t, model=model, weights=weights, data=data, train_data=train_data, student=student,
                          config=config, out=out, overrides=tuple(overrides), devices=tuple(devices),
-                         use_cache=not no_cache, metric=metric, allow_overlap=allow_overlap, sign_key=sign_key)
+                         use_cache=not no_cache, metric=metric, allow_overlap=allow_overlap, sign_key=sign_key,
+                         cache_dir=cache_dir)
             for t in names]
     prepared, failed = [], []
     for req in reqs:
@@ -148,13 +167,18 @@ def build(target_names, model, weights, data, train_data, student, metric, allow
             click.echo(f"recipe hash: {p.settings.recipe_hash}")
             click.echo("stage plan: " + " → ".join(n if on else f"({n}: off)" for n, on in describe(p)) + " → bundle")
         return
-    if len(reqs) == 1:
+    if executor == "ray":
+        results = list(failed) + _build_on_executor(reqs, prepared, executor, address, workers)
+    elif len(reqs) == 1:
         sys.exit(_build_one(prepared[0]))
-    results = list(failed)
-    for p in prepared:
-        code, report, bundle = _build_one(p, keep_going=True)
-        results.append({"target": p.target.name, "exit_code": code, "report": report, "bundle": bundle,
-                        "error": None if report else bundle})
+    else:
+        results = list(failed)
+        for p in prepared:
+            code, report, bundle = _build_one(p, keep_going=True)
+            results.append({"target": p.target.name, "exit_code": code, "report": report, "bundle": bundle,
+                            "error": None if report else bundle})
+    if len(results) == 1:
+        sys.exit(results[0]["exit_code"])
     from .report.comparison import write_comparison
 
     out_dir = prepared[0].out
@@ -163,6 +187,140 @@ def build(target_names, model, weights, data, train_data, student, metric, allow
     summary = ", ".join(f"{r['target']}: exit {r['exit_code']}" for r in results)
     click.echo(f"comparison: {md}  ({summary})")
     sys.exit(worst)
+
+
+def _build_on_executor(reqs, prepared, executor: str, address: str | None, workers: int | None) -> list[dict]:
+    """Every prepared target as one task: they run concurrently, and the stages they share
+    (distill, prune) are made once, by whichever build gets there first; the others wait on
+    the cache entry's lock and read it. A line per target as each finishes."""
+    import dataclasses
+
+    from .build import build_detached
+    from .executors import make_executor
+
+    by_target = {p.target.name: p for p in prepared}
+    todo = [dataclasses.replace(r, out=by_target[r.target].out.resolve(), cache_dir=by_target[r.target].cache_root.resolve())
+            for r in reqs if r.target in by_target]
+    results = []
+    try:
+        with make_executor(executor, address=address, workers=workers,
+                           lock_dir=todo[0].cache_dir / ".locks") as ex:
+            click.echo(f"edgepack {__version__}: {len(todo)} targets on {ex.kind} ({ex.workers} workers): "
+                       + ", ".join(r.target for r in todo))
+            for i, done in ex.map_unordered(build_detached, todo):
+                results.append(_print_detached(todo[i].target, done))
+    except EdgepackError as e:
+        _fail(e)
+    return results
+
+
+def _print_detached(target: str, done) -> dict:
+    """A finished build's lines on the driver: its stages, its bundle or its error."""
+    from .executors import ExecutorError
+
+    if isinstance(done, ExecutorError):
+        _err(f"{target}: {done}")
+        return {"target": target, "exit_code": done.exit_code, "report": None, "bundle": None, "error": str(done)}
+    for rec in done.get("records", []):
+        bits = [f"{target:<15}", f"{rec['status']:>7}", f"{rec['name']:<10}"]
+        if rec["status"] != "skipped":
+            bits.append(f"{rec['seconds']:7.2f}s")
+        click.echo("  ".join(bits))
+    where = f"[{done['node']}:{done['pid']}, {done['seconds']:.0f} s]"
+    if done["error"]:
+        _err(f"{target}: {done['error'].splitlines()[0]} {where}")
+    else:
+        click.echo(f"{target}: bundle {done['bundle']}  {'passed' if done['exit_code'] == 0 else 'a gate failed'} {where}")
+    return {"target": target, "exit_code": done["exit_code"], "report": done.get("report"),
+            "bundle": done.get("bundle") or done["error"], "error": done["error"]}
+
+
+def _check_executor(executor: str, address: str | None, workers: int | None) -> None:
+    if executor == "local" and (address or workers):
+        _err(f"{'--address' if address else '--workers'} is for Ray: add --executor ray")
+        sys.exit(2)
+    if address and workers:
+        _err("--workers sizes a local Ray; a cluster at --address has the CPUs its nodes declared")
+        sys.exit(2)
+
+
+EXAMPLES_SEARCH = """
+\b
+Examples:
+  edgepack search --target tflite-int8 --device host              # the embedded default
+  edgepack search -t tflite-int8 --budget-ms 0.5 --max-size-kb 100 --pick smallest
+  edgepack search -t executorch-arm --device qemu-aarch64 --trials 24 --time-budget 1800
+  edgepack search -t tflite-int8 --executor ray --address 10.0.0.5:6379 --cache-dir /shared/edgepack-cache
+  edgepack build -t tflite-int8 --config search/edgepack.toml     # build the pick
+"""
+
+
+@main.command(epilog=EXAMPLES_SEARCH)
+@click.option("--target", "-t", "target_name", required=True, help="Target profile (see `edgepack targets`).")
+@click.option("--device", "devices", multiple=True, help="Measure on this device (repeatable; default: the profile's).")
+@click.option("--budget-ms", type=click.FloatRange(min=0, min_open=True), help="Feasible only with p50 at most this on every device.")
+@click.option("--max-size-kb", type=click.FloatRange(min=0, min_open=True), help="Feasible only with a model file at most this.")
+@click.option("--trials", type=click.IntRange(1), help="Builds in all, the profile's own recipe first (default: search.trials).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Start no trial after this many seconds (running ones finish).")
+@click.option("--pick", type=click.Choice(["fastest", "smallest", "balanced"]), help="Which front member to pick (default: search.pick).")
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), help="Optuna sampler (default: search.sampler).")
+@click.option("--seed", type=int, help="The sampler's seed (default: search.seed).")
+@click.option("--model", help="FILE.py:FACTORY, package.module:FACTORY or a torch.export .pt2 (default: the embedded digits ResNet).")
+@click.option("--weights", type=click.Path(), help="state_dict for the factory's model.")
+@click.option("--data", type=click.Path(), help=".npz, a folder with calibration.npz + evaluation.npz, or an image folder.")
+@click.option("--train-data", type=click.Path(), help=".npz for the stages that train.")
+@click.option("--metric", help="FILE.py:FUNCTION, the metric that gates (task.metric).")
+@click.option("--config", "config", type=click.Path(path_type=Path), help="Project file (edgepack.toml); its [search] section too.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("search"), show_default=True,
+              help="search.json/.md/.png, the picked edgepack.toml and every trial's bundle (trials/NNN).")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting for every trial.")
+@click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs each trial asks of the executor.")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs each trial asks of the executor (for the stages that train).")
+@executor_options
+def search(target_name, devices, budget_ms, max_size_kb, trials, time_budget, pick, sampler, seed, model, weights, data,
+           train_data, metric, config, out, overrides, cpus_per_trial, gpus_per_trial, executor, address, workers,
+           cache_dir) -> None:
+    """Search recipes (student width, prune ratio, quantization scheme, ... as [search.space]
+    lists) for the fastest bundle within the budget, each trial a real, cached build measured
+    on the devices. Writes search.json, search.md, search.png (the Pareto front of metric, size
+    and p50 per device, the profile's own recipe marked) and the pick as edgepack.toml.
+
+    Exit 0 with a pick; 1 when no trial met the budget (the reports are still written) or a
+    cluster or device could not be reached; 2 on bad input, before any trial runs.
+    """
+    from .build import BuildRequest
+    from .executors import Resources, make_executor
+    from .search.report import write_search_report
+    from .search.study import SearchRequest, run_search
+
+    _check_executor(executor, address, workers)
+    build_req = BuildRequest(target=target_name, model=model, weights=weights, data=data, train_data=train_data,
+                             config=config, out=out.resolve(), overrides=tuple(overrides), devices=tuple(devices),
+                             metric=metric, cache_dir=cache_dir.resolve() if cache_dir else None)
+    req = SearchRequest(build_req, trials=trials, time_budget_s=time_budget, pick=pick, sampler=sampler, seed=seed,
+                        budget_ms=budget_ms, max_size_kb=max_size_kb,
+                        resources=Resources(cpus=cpus_per_trial, gpus=gpus_per_trial))
+    cache = (cache_dir or out / ".edgepack-cache").resolve()
+    try:
+        with make_executor(executor, address=address, workers=workers, lock_dir=cache / ".locks") as ex:
+            doc = run_search(req, ex, log=click.echo)
+    except EdgepackError as e:
+        _err(_message(e, out))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted; finished trials are in the cache")
+        sys.exit(130)
+    paths = write_search_report(out, doc)
+    for line in doc["summary"]:
+        click.echo(line, err=line.startswith("WARNING"))
+    click.echo(f"report: {paths['md']}, {paths['png']}, {paths['json']}")
+    if "toml" not in paths:
+        _err(f"no trial met the budget: see {paths['md']}")
+        sys.exit(1)
+    click.echo(f"picked recipe: {paths['toml']}  (edgepack build --target {target_name} --config {paths['toml']})")
 
 
 def describe(p):

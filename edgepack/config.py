@@ -139,6 +139,34 @@ class BundleConfig(Section):
     sign_key: str | None = None
 
 
+class SearchRange(Section):
+    """A numeric range in [search.space]: { low = 0.0, high = 0.6, step = 0.1 }."""
+
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+
+class SearchConfig(Section):
+    """`edgepack search`: which recipes it may try and how ([search] in a profile or edgepack.toml).
+    Not part of a build's recipe (left out of the recipe hash)."""
+
+    trials: int = Field(16, ge=1)                   # builds in all, the profile's own recipe first
+    time_budget_s: PositiveFloat | None = None      # no new trial starts after this many seconds
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"   # Optuna's multi-objective samplers
+    seed: int = 0
+    # Trials asked of the sampler at once; their results are told in trial order, so the same seed
+    # gives the same trials whatever the number of workers (with "tpe"/"nsga2", as long as the
+    # measured latencies rank the same).
+    batch: int = Field(4, ge=1)
+    pick: Literal["fastest", "smallest", "balanced"] = "balanced"
+    # "section.key" = [choices] or { low, high, step, log }; the profile's own value is always in.
+    space: dict[str, list[Any] | SearchRange] = {}
+    # Settings for every trial that measure rather than make the model ("validate.runs" = 50).
+    fixed: dict[str, Any] = {}
+
+
 # -- loading -------------------------------------------------------------------
 
 class Layer:
@@ -188,6 +216,11 @@ def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+# Tables a later layer replaces whole instead of merging into: a project's search space is the
+# space, not the profile's plus its own.
+REPLACED_TABLES = {("search", "space")}
+
+
 def _merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
     merged: dict[str, Any] = {}
     sources: dict[tuple[str, ...], str] = {}
@@ -195,7 +228,7 @@ def _merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[tuple[str, ...], s
     def walk(dst: dict, src: dict, path: tuple[str, ...], source: str) -> None:
         for k, v in src.items():
             sources[path + (k,)] = source
-            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            if isinstance(v, dict) and isinstance(dst.get(k), dict) and path + (k,) not in REPLACED_TABLES:
                 walk(dst[k], v, path + (k,), source)
             else:
                 dst[k] = v if not isinstance(v, dict) else _copy(v, path + (k,), source)
@@ -210,6 +243,11 @@ def _merge(layers: list[Layer]) -> tuple[dict[str, Any], dict[tuple[str, ...], s
     for layer in layers:
         walk(merged, layer.data, (), layer.source)
     return merged, sources
+
+
+def merge_layers(layers: list[Layer]) -> dict[str, Any]:
+    """Layers merged as a build merges them (later wins), without validation."""
+    return _merge(layers)[0]
 
 
 def validation_message(err: ValidationError, sources: dict[tuple[str, ...], str], default: str,
@@ -247,7 +285,8 @@ class Settings:
     def recipe_hash(self) -> str:
         d = self.resolved()
         d.pop("inputs", None)       # where files live is not part of the recipe,
-        d.pop("bundle", None)       # nor which key signs the result
+        d.pop("bundle", None)       # nor which key signs the result,
+        d.pop("search", None)       # nor how `edgepack search` would explore around it
         return sha256_json(d)
 
 
@@ -282,7 +321,8 @@ def load_settings(target: str, section_models: dict[str, type[BaseModel]], *,
     if meta.get("name", target) != target:
         raise UsageError(f"{sources.get(('name',), path)}: name = {meta['name']!r} but the build is for target "
                          f"{target!r} (remove name, or build --target {meta['name']})")
-    models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, "bundle": BundleConfig, **section_models}
+    models = {"inputs": InputsConfig, "data": DataConfig, "task": TaskConfig, "bundle": BundleConfig,
+              "search": SearchConfig, **section_models}
     sections: dict[str, BaseModel] = {}
     for key, value in merged.items():
         if key not in models:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from . import __version__
 from .artifacts import Artifact, atomic_write_json, atomic_write_text, sha256_file, sha256_json
 from .errors import stage_errors
+from .locks import entry_lock
 from .stages.base import BuildContext, Stage, StageResult, all_stages
 from .torchmodel import save_module
 
@@ -157,6 +158,11 @@ def teacher_artifact(ctx: BuildContext, cache_root: Path) -> Artifact:
     """The user's model as the first artifact, saved once per identity (LoadedModel.sha256:
     its weights and structure), checked against the checksum written beside it."""
     path = cache_root / "input" / ctx.teacher.sha256[:16] / "model.pt"
+    with entry_lock(path.parent):
+        return _saved_teacher(ctx, path)
+
+
+def _saved_teacher(ctx: BuildContext, path: Path) -> Artifact:
     digest = path.with_name(path.name + ".sha256")
     if path.exists():
         try:
@@ -193,34 +199,44 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
             on_stage and on_stage(rec)
             continue
         key = stage_key(stage, config, ctx, artifact)
-        hit, damage = None, None
-        if stage.cacheable:
-            try:
-                hit = cache.load(stage.name, key)
-            except DamagedEntry as e:
-                damage = str(e)
-                cache.discard(stage.name, key)
-        if hit is not None:
-            result, seconds = hit
-            rec = StageRecord(stage.name, "cached", seconds, result.metrics, result.notes, key)
-        else:
-            (cache_root / stage.name).mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_root / stage.name))
-            ctx.workdir = tmp
-            t0 = time.perf_counter()
-            try:
-                with stage_errors(stage.name, ctx.target.name):
-                    result = stage.run(artifact, config, ctx)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            seconds = round(time.perf_counter() - t0, 3)
-            result = cache.store(stage.name, key, tmp, result, seconds)
-            rec = StageRecord(stage.name, "done", seconds, result.metrics, result.notes, key)
-            if damage:
-                ctx.log(f"cache entry {stage.name}/{key} was damaged ({damage}): rebuilt")
+        # Held while the entry is looked up, made and stored: a concurrent build that needs
+        # the same entry waits here, then finds it in the cache.
+        with entry_lock(cache.dir(stage.name, key)):
+            result, rec = _run_stage(stage, config, ctx, artifact, cache, key, cache_root)
         ctx.results[stage.name] = result
         artifact = result.artifact
         records.append(rec)
         on_stage and on_stage(rec)
     return BuildResult(records, ctx, artifact)
+
+
+def _run_stage(stage: Stage, config: Any, ctx: BuildContext, artifact: Artifact, cache: StageCache, key: str,
+               cache_root: Path) -> tuple[StageResult, StageRecord]:
+    """One stage: its cache entry when there is a sound one, else run it and store it."""
+    hit, damage = None, None
+    if stage.cacheable:
+        try:
+            hit = cache.load(stage.name, key)
+        except DamagedEntry as e:
+            damage = str(e)
+            cache.discard(stage.name, key)
+    if hit is not None:
+        result, seconds = hit
+        rec = StageRecord(stage.name, "cached", seconds, result.metrics, result.notes, key)
+    else:
+        (cache_root / stage.name).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_root / stage.name))
+        ctx.workdir = tmp
+        t0 = time.perf_counter()
+        try:
+            with stage_errors(stage.name, ctx.target.name):
+                result = stage.run(artifact, config, ctx)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = round(time.perf_counter() - t0, 3)
+        result = cache.store(stage.name, key, tmp, result, seconds)
+        rec = StageRecord(stage.name, "done", seconds, result.metrics, result.notes, key)
+        if damage:
+            ctx.log(f"cache entry {stage.name}/{key} was damaged ({damage}): rebuilt")
+    return result, rec

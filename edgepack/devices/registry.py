@@ -18,6 +18,7 @@ import numpy as np
 
 from ..artifacts import atomic_write_bytes
 from ..errors import DeviceError, UsageError
+from ..locks import device_lock
 from .config import DeviceConfig, device_files, devices_dir, read_device_file
 from .transport import Transport, describe_exit, tail
 
@@ -98,7 +99,8 @@ def run_on_device(device: str | DeviceConfig, model: Path, inputs: Path, *, warm
             "--out-json", out_json, "--out-outputs", out_npy, "--runtimes", ",".join(command.runtimes),
         ] + (["--outputs", ",".join(output_names)] if output_names else []) \
           + (["--profile", str(profile)] if profile else [])
-        done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s or device.run_timeout_s)
+        with device_lock(device):         # one measurement at a time per device (edgepack/locks.py)
+            done = transport.run(argv, cwd=remote_dir, env=command.env, timeout_s=timeout_s or device.run_timeout_s)
         if done.returncode != 0:
             last = tail(done.stderr) or tail(done.stdout)
             headline = _headline(last)
