@@ -108,18 +108,17 @@ def _check_values(base: BuildRequest, models: dict[str, type], params: list[Para
 
 
 def _sampler(config: Any) -> Any:
+    """Optuna's samplers; the constraints reach them through each trial (`_tell`)."""
     import optuna
-
-    def constraints(trial: Any) -> list[float]:
-        return trial.user_attrs["constraints"]
 
     if config.sampler == "random":
         return optuna.samplers.RandomSampler(seed=config.seed)
     if config.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=max(4, config.batch),
-                                             constraints_func=constraints)
-    return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, constraints_func=constraints,
-                                      n_startup_trials=max(config.batch, 4))
+        return optuna.samplers.NSGAIISampler(seed=config.seed, population_size=max(4, config.batch))
+    return optuna.samplers.TPESampler(seed=config.seed, multivariate=True, n_startup_trials=max(config.batch, 4))
+
+
+CONSTRAINTS = ("accuracy", "latency", "size")     # feasibility()'s values, in order
 
 
 def feasibility(row: dict[str, Any], req: SearchRequest, devices: list[str]) -> tuple[bool, list[str], list[float]]:
@@ -219,7 +218,8 @@ def _finish(row: dict[str, Any], req: SearchRequest, plan: Plan) -> dict[str, An
 def _tell(study: Any, trial: Any, row: dict[str, Any], plan: Plan) -> None:
     import optuna
 
-    trial.set_user_attr("constraints", row["constraints"])
+    for name, value in zip(CONSTRAINTS, row["constraints"]):
+        trial.set_constraint(name, value)
     if row["status"] != "built" or row.get("metric") is None or any(d not in row["p50_ms"] for d in plan.devices):
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return

@@ -103,12 +103,33 @@ def corrupt_one_weight(tree: Path, model_file: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_all(tiny, tmp_path_factory) -> tuple[Path, object]:
-    """`edgepack build -t all` of the tiny model: (out folder, the finished process)."""
-    out = tmp_path_factory.mktemp("all") / "out"
+def tiny_all(tiny, tiny_data, tmp_path_factory) -> tuple[Path, object]:
+    """`edgepack build -t all --executor ray` of the tiny model, distilled (a stage the three
+    targets share) on a training split: (out folder, the finished process)."""
+    root = tmp_path_factory.mktemp("all")
+    x, y = tiny_data(320, seed=1)
+    np.savez(root / "train.npz", x=x, y=y)
+    distill_on = [a for pair in zip(FAST[::2], FAST[1::2]) if pair[1] != "distill.enabled=false" for a in pair]
     res = edgepack("build", "-t", "all", "--model", f"{tiny['model']}:make_model", "--weights", str(tiny["weights"]),
-                   "--data", str(tiny["data"]), "--out", str(out), *FAST, check=False)
-    return out, res
+                   "--data", str(tiny["data"]), "--train-data", str(root / "train.npz"), "--out", str(root / "out"),
+                   *distill_on, "--set", "distill.epochs=5", "--set", "distill.student_width=1.0",
+                   "--executor", "ray", "--workers", "2", check=False)
+    return root / "out", res
+
+
+def test_ray_builds_the_targets_concurrently_and_distills_once(tiny_all):
+    out, res = tiny_all
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "3 targets on ray (2 workers)" in res.stdout
+    distill = {}
+    for target in TARGETS:
+        report = json.loads((out / f"tiny_net-{target}" / "report.json").read_text())
+        distill[target] = {s["name"]: s for s in report["stages"]}["distill"]["status"]
+    # The shared stage is made by one build; the others wait for it and read it from the cache.
+    assert sorted(distill.values()) == ["cached", "cached", "done"], distill
+    # Each target ran as a Ray task in a worker process: two workers, so two processes at least.
+    pids = set(re.findall(r"passed \[[^:\]]+:(\d+), \d+ s\]", res.stdout))
+    assert len(pids) >= 2, res.stdout
 
 
 def test_target_all_writes_three_bundles_and_a_comparison(tiny_all):
