@@ -100,13 +100,14 @@ class RayExecutor(Executor):
         self.address, self.max_retries = address, max_retries
         self.env = {LOCK_DIR_ENV: str(Path(lock_dir).resolve())}
         Path(lock_dir).mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+        # Workers' output stays in Ray's logs (a trial's result carries what the driver prints).
+        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                                       namespace="edgepack")
         try:
             if address:
                 ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
+            else:    # "local": a new Ray, never one that $RAY_ADDRESS or /tmp/ray names
+                ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise ExecutorError(f"--executor ray: cannot start or join {where}: {str(e).splitlines()[0]}") from None

@@ -158,6 +158,7 @@ def run_search(req: SearchRequest, executor: Executor, log: Callable[[str], None
     directions = ["maximize" if plan.higher_is_better else "minimize", "minimize", *["minimize"] * len(plan.devices)]
     study = optuna.create_study(directions=directions, sampler=_sampler(config), study_name=f"edgepack-{plan.target}")
     study.enqueue_trial({p.name: p.encode(plan.default[p.name]) for p in plan.params})
+    executor_info = executor.describe()
     log(f"search {plan.target}: {len(plan.params)} settings, {config.trials} trials, sampler {config.sampler} "
         f"(seed {config.seed}), batches of {config.batch}, executor {executor.kind} with {executor.workers} "
         f"worker(s); devices {', '.join(plan.devices)}")
@@ -203,9 +204,15 @@ def run_search(req: SearchRequest, executor: Executor, log: Callable[[str], None
             "fixed": list(plan.fixed), "sampler": config.sampler, "seed": config.seed, "batch": config.batch,
             "budget": {"max_accuracy_drop": default and default.get("max_drop"), "budget_ms": req.budget_ms,
                        "max_size_kb": req.max_size_kb},
-            "pick_by": config.pick, "executor": executor.describe(), "wall_s": round(time.perf_counter() - started, 2),
+            "pick_by": config.pick, "executor": _at_end(executor_info, executor), "wall_s": round(time.perf_counter() - started, 2),
             "stopped": stopped, "trials": rows, "front": front, "default": default and default["number"],
             "pick": chosen and chosen["number"], "cache": str(plan.cache), "recipe_base": _recipe_base(plan.base)}
+
+
+def _at_end(info: dict[str, Any], executor: Executor) -> dict[str, Any]:
+    """The executor as the search began, and its nodes at the end (a node may have died)."""
+    end = executor.describe()
+    return {**info, **({"nodes_at_end": end["nodes"]} if "nodes" in end else {})}
 
 
 def _finish(row: dict[str, Any], req: SearchRequest, plan: Plan) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -159,3 +160,41 @@ def test_executor_flags_need_ray(tiny, project, tmp_path):
     res = CliRunner().invoke(main, ["search", "-t", "tflite-int8", *inputs(tiny, project), "--out", str(tmp_path / "o"),
                                     "--address", "127.0.0.1:6379"])
     assert res.exit_code == 2 and "--executor ray" in res.output
+
+
+def test_on_a_two_node_cluster_a_lost_worker_retries_and_the_trials_match(ray_cluster, tiny, project, local_search,
+                                                                          tmp_path):
+    """The same search on a real two-node Ray cluster (`ray start --head` + `ray start --address`),
+    with the worker node killed while it runs a trial: the trial is retried on the head node,
+    the search finishes, and every trial is the recipe, metric, size and model of the local run."""
+    import psutil
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "search", "-t", "tflite-int8",
+                             *inputs(tiny, project), "--out", str(out), "--executor", "ray",
+                             "--address", ray_cluster.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and killed is None and time.monotonic() < deadline:
+        for p in ray_cluster.worker.processes():        # a task worker of the worker node, mid-trial
+            try:
+                if "_in_worker" in " ".join(p.cmdline()):
+                    killed = p.pid
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    assert killed is not None, "no trial ran on the worker node"
+    ray_cluster.kill_worker_node()
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout + stderr
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["executor"]["kind"] == "ray" and doc["executor"]["nodes"] == 2 and doc["executor"]["nodes_at_end"] == 1
+    assert all(t["status"] == "built" for t in doc["trials"])
+    assert killed not in {t["pid"] for t in doc["trials"]}       # the killed attempt's trial finished elsewhere
+    _, _, local = local_search
+
+    def same(t):
+        return t["number"], t["params"], t["metric"], t["size_bytes"], t["sha256"], t["repeat_of"]
+
+    assert [same(t) for t in doc["trials"]] == [same(t) for t in local["trials"]]
