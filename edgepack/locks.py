@@ -1,6 +1,6 @@
 """Cross-process locks, for builds that run side by side (search trials, `--executor ray`).
 
-- One per stage-cache entry, beside it: two builds that need the same distilled student
+- One per stage-cache entry, in the cache's `.locks/`: two builds that need the same distilled student
   wait for one of them to make it, then both read it from the cache.
 - One per device, in $EDGEPACK_LOCK_DIR when it is set: a board (or this machine's
   cores) measures one bundle at a time, so concurrent builds never time each other's
@@ -23,10 +23,12 @@ from filelock import FileLock
 LOCK_DIR_ENV = "EDGEPACK_LOCK_DIR"
 
 
-def entry_lock(path: Path) -> FileLock:
-    """The lock of one cache entry (`<stage>/<key>` -> `<stage>/<key>.lock`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path) + ".lock")
+def entry_lock(cache_root: Path, stage: str, key: str) -> FileLock:
+    """The lock of one cache entry, in the cache's `.locks/` (not beside the entries, which
+    are folders only)."""
+    folder = cache_root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{stage}-{key}.lock"))
 
 
 def device_lock_name(device: Any) -> str:

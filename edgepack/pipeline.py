@@ -158,7 +158,7 @@ def teacher_artifact(ctx: BuildContext, cache_root: Path) -> Artifact:
     """The user's model as the first artifact, saved once per identity (LoadedModel.sha256:
     its weights and structure), checked against the checksum written beside it."""
     path = cache_root / "input" / ctx.teacher.sha256[:16] / "model.pt"
-    with entry_lock(path.parent):
+    with entry_lock(cache_root, "input", ctx.teacher.sha256[:16]):
         return _saved_teacher(ctx, path)
 
 
@@ -201,7 +201,7 @@ def run_pipeline(ctx: BuildContext, cache_root: Path, *, use_cache: bool = True,
         key = stage_key(stage, config, ctx, artifact)
         # Held while the entry is looked up, made and stored: a concurrent build that needs
         # the same entry waits here, then finds it in the cache.
-        with entry_lock(cache.dir(stage.name, key)):
+        with entry_lock(cache_root, stage.name, key):
             result, rec = _run_stage(stage, config, ctx, artifact, cache, key, cache_root)
         ctx.results[stage.name] = result
         artifact = result.artifact

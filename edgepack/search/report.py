@@ -146,7 +146,7 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     devices = doc["devices"]
     built = [t for t in doc["trials"] if t.get("status") == "built" and t.get("repeat_of") is None
@@ -184,9 +184,10 @@ def _plot(doc: dict[str, Any], path: Path) -> None:
                         xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(ScalarFormatter())
+        for axis in (ax.xaxis, ax.yaxis):          # 1-2-5 ticks in plain numbers
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"p50 on {d} (ms)")
         ax.set_ylabel("model file (KiB)")
         ax.set_title(f"{doc['target']} on {d}")
