@@ -189,7 +189,7 @@ def build_detached(req: BuildRequest) -> dict[str, Any]:
     import socket
     import time
 
-    from .errors import InternalError
+    from .errors import error_line
 
     lines: list[str] = []
     started = time.perf_counter()
@@ -200,10 +200,8 @@ def build_detached(req: BuildRequest) -> dict[str, Any]:
         with stage_errors("build", req.target):
             outcome = run_build(prepared, use_cache=req.use_cache)
     except EdgepackError as e:
-        msg = str(e)
-        if isinstance(e, InternalError):
-            msg = f"{msg}\n{e.traceback_text()}"
-        return {"target": req.target, "exit_code": e.exit_code, "error": msg, "log": lines, **where,
+        return {"target": req.target, "exit_code": e.exit_code, "log": lines, **where,
+                "error": error_line(e, Path(req.out or "out")),
                 "seconds": round(time.perf_counter() - started, 3)}
     return {"target": req.target, "exit_code": 0 if outcome.passed else 1, "error": None, "log": lines, **where,
             "seconds": round(time.perf_counter() - started, 3), "report": outcome.report,

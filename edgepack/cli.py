@@ -13,7 +13,7 @@ from typing import NoReturn
 import click
 
 from . import __version__
-from .errors import EdgepackError, InternalError, UsageError, stage_errors
+from .errors import EdgepackError, UsageError, stage_errors
 
 EXAMPLES_BUILD = """
 \b
@@ -31,18 +31,9 @@ def _err(msg: str) -> None:
 
 
 def _message(e: EdgepackError, out: Path) -> str:
-    """The one line for an error; an internal error's traceback goes to a log in --out,
-    which the line names."""
-    if not isinstance(e, InternalError):
-        return str(e)
-    from .artifacts import atomic_write_text
+    from .errors import error_line
 
-    log = out / f"edgepack-error-{e.target}.log"
-    try:
-        atomic_write_text(log, e.traceback_text())
-    except OSError as w:
-        return f"{e} (the traceback could not be written to {log}: {w})"
-    return f"{e} (traceback in {log})"
+    return error_line(e, out)
 
 
 class Printer:
@@ -262,7 +253,7 @@ Examples:
 @click.option("--max-size-kb", type=click.FloatRange(min=0, min_open=True), help="Feasible only with a model file at most this.")
 @click.option("--trials", type=click.IntRange(1), help="Builds in all, the profile's own recipe first (default: search.trials).")
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Start no trial after this many seconds (running ones finish).")
+              help="Ask for no new batch of trials after this many seconds (the running batch finishes).")
 @click.option("--pick", type=click.Choice(["fastest", "smallest", "balanced"]), help="Which front member to pick (default: search.pick).")
 @click.option("--sampler", type=click.Choice(["tpe", "nsga2", "random"]), help="Optuna sampler (default: search.sampler).")
 @click.option("--seed", type=int, help="The sampler's seed (default: search.seed).")

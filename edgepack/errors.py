@@ -75,3 +75,20 @@ def stage_errors(stage: str, target: str) -> Iterator[None]:
         raise
     except Exception as e:
         raise InternalError(stage, target, e) from e
+
+
+def error_line(e: EdgepackError, out) -> str:
+    """The one line for an error; an internal error's traceback goes to a log in `out`
+    (edgepack-error-<target>.log), which the line names."""
+    if not isinstance(e, InternalError):
+        return str(e)
+    from pathlib import Path
+
+    from .artifacts import atomic_write_text
+
+    log = Path(out) / f"edgepack-error-{e.target}.log"
+    try:
+        atomic_write_text(log, e.traceback_text())
+    except OSError as w:
+        return f"{e} (the traceback could not be written to {log}: {w})"
+    return f"{e} (traceback in {log})"
