@@ -11,7 +11,7 @@ import tomli_w
 
 from ..artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..config import Layer, merge_layers
-from .space import params_text
+from .space import params_text, value_text
 
 
 def write_search_report(out: Path, doc: dict[str, Any]) -> dict[str, Path]:
@@ -94,7 +94,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     ordered = sorted(doc["trials"], key=lambda t: (not t.get("on_front"), t["number"]))
     for t in ordered:
         mark = ("*" if t["number"] == doc.get("pick") else "") + ("d" if t["number"] == doc.get("default") else "")
-        cells = [f"{t['number']}{mark}", *[_cell(t["params"].get(n)) for n in names]]
+        cells = [f"{t['number']}{mark}", *[value_text(t["params"].get(n)) for n in names]]
         if t.get("status") == "built":
             cells += [f"{t['metric']:.4g}", f"{t['size_bytes'] / 1024:,.1f}",
                       *[f"{t['p50_ms'].get(d, float('nan')):.3g}" for d in devices]]
@@ -115,14 +115,6 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Build the pick: `edgepack build --target {doc['target']} --config edgepack.toml` "
                   f"(its bundle from the search: `{chosen['bundle']}`)."]
     return "\n".join(lines) + "\n"
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (list, tuple)):
-        return "+".join(map(str, v))
-    return str(v)
 
 
 def chosen_toml(doc: dict[str, Any], chosen: dict[str, Any]) -> str:

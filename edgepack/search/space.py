@@ -111,10 +111,11 @@ def values_to_check(param: Param) -> list[Any]:
 
 def params_text(params: dict[str, Any]) -> str:
     """`width=0.5 ratio=0.3 scheme=int8`: a trial's recipe on one line."""
-    return " ".join(f"{name.split('.', 1)[1]}={_short(v)}" for name, v in params.items())
+    return " ".join(f"{name.split('.', 1)[1]}={value_text(v)}" for name, v in params.items())
 
 
-def _short(v: Any) -> str:
+def value_text(v: Any) -> str:
+    """A setting's value, short: 0.5, int8, ptq+advanced."""
     if isinstance(v, float):
         return f"{v:g}"
     if isinstance(v, (list, tuple)):
