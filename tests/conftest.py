@@ -22,7 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The longest files first (measured with --durations), so that the two workers finish
 # together instead of one starting a ten-minute file while the other has nothing left.
 SLOW_FIRST = ("tests/pipeline/test_default_build.py", "tests/zoo/test_zoo_builds.py", "tests/pipeline/test_target_all.py",
-              "tests/pipeline/test_build.py", "tests/zoo/test_zoo_compression.py", "tests/pipeline/test_cache.py",
+              "tests/search/test_search.py", "tests/pipeline/test_build.py", "tests/zoo/test_zoo_compression.py", "tests/pipeline/test_cache.py",
               "tests/pipeline/test_build_devices.py", "tests/bench/test_bench_command.py")
 
 

@@ -126,15 +126,16 @@ def feasibility(row: dict[str, Any], req: SearchRequest, devices: list[str]) -> 
     if row.get("status") != "built":
         return False, ["build failed"], [1.0, 1.0, 1.0]
     why = []
-    gate = 0.0 if row["passed"] else 1.0
     if not row["accuracy_passed"]:
-        why.append(f"{row['metric_name']} drop {row['drop']:.3g} over {row['max_drop']:.3g}")
+        why.append(row.get("accuracy_why") or f"{row['metric_name']} out of budget")
     if row["failed_devices"]:
         why.append("failed on " + ", ".join(row["failed_devices"]))
     missing = [d for d in devices if d not in row["p50_ms"]]
     if missing:
         why.append("no timing on " + ", ".join(missing))
-        gate = 1.0
+    if not row["passed"] and not why:       # another gate of the profile's own (validate.max_p50_ms)
+        why.append(row["notes"][0] if row.get("notes") else "a gate of the profile failed")
+    gate = 1.0 if why else 0.0
     latency = 0.0
     if req.budget_ms is not None and not missing:
         latency = max(row["p50_ms"][d] for d in devices) - req.budget_ms

@@ -40,7 +40,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     p50 = {name: d["latency_ms"]["p50"] for name, d in devices.items() if "latency_ms" in d}
     return {**row, "status": "built", "passed": report["passed"], "accuracy_passed": acc.get("passed"),
             "metric_name": acc.get("metric"), "metric": acc.get("value"), "unit": acc.get("unit"),
-            "higher_is_better": acc.get("higher_is_better", True), "drop": acc.get("drop"),
+            "higher_is_better": acc.get("higher_is_better", True), "drop": acc.get("drop"), "accuracy_why": acc.get("why"),
             "max_drop": acc.get("max_drop"), "size_bytes": report["artifact"]["size_bytes"],
             "scheme": report["artifact"].get("scheme"), "sha256": report["artifact"]["sha256"],
             "p50_ms": p50, "reference_p50_ms": ref, "reference_size_bytes": (report.get("reference") or {}).get("size_bytes"),
