@@ -268,11 +268,9 @@ Examples:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one setting for every trial.")
 @click.option("--cpus-per-trial", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="CPUs each trial asks of the executor.")
-@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="GPUs each trial asks of the executor (for the stages that train).")
 @executor_options
 def search(target_name, devices, budget_ms, max_size_kb, trials, time_budget, pick, sampler, seed, model, weights, data,
-           train_data, metric, config, out, overrides, cpus_per_trial, gpus_per_trial, executor, address, workers,
+           train_data, metric, config, out, overrides, cpus_per_trial, executor, address, workers,
            cache_dir) -> None:
     """Search recipes (student width, prune ratio, quantization scheme, ... as [search.space]
     lists) for the fastest bundle within the budget, each trial a real, cached build measured
@@ -293,7 +291,7 @@ def search(target_name, devices, budget_ms, max_size_kb, trials, time_budget, pi
                              metric=metric, cache_dir=cache_dir.resolve() if cache_dir else None)
     req = SearchRequest(build_req, trials=trials, time_budget_s=time_budget, pick=pick, sampler=sampler, seed=seed,
                         budget_ms=budget_ms, max_size_kb=max_size_kb,
-                        resources=Resources(cpus=cpus_per_trial, gpus=gpus_per_trial))
+                        resources=Resources(cpus=cpus_per_trial))
     cache = (cache_dir or out / ".edgepack-cache").resolve()
     try:
         with make_executor(executor, address=address, workers=workers, lock_dir=cache / ".locks") as ex:

@@ -6,7 +6,7 @@ finishes, so the caller prints a line per finished build and never waits for the
 `fn` must be a module-level function (a Ray worker imports it by name) that turns its own
 errors into results; an exception that reaches the executor is a lost worker or a bug.
 
-On Ray each item is one task with its CPU (and GPU) request. A task whose worker or node
+On Ray each item is one task with its CPU request. A task whose worker or node
 dies is retried on another (`max_retries`); when retries run out its result is an
 `ExecutorError`. The stage cache and the device locks (edgepack/locks.py) must lie on
 storage every node reads: the executor hands the lock folder to its workers.
@@ -34,8 +34,10 @@ class ExecutorError(EdgepackError):
 
 @dataclass(frozen=True)
 class Resources:
+    """What one task asks of the executor. CPUs only: the stages that train run on the CPU
+    (torch's CPU build is the one edgepack pins)."""
+
     cpus: float = 1.0
-    gpus: float = 0.0
 
 
 class Executor(ABC):
@@ -123,7 +125,7 @@ class RayExecutor(Executor):
 
     def map_unordered(self, fn, items, resources=Resources()):
         ray = self._ray
-        task = ray.remote(_in_worker).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
+        task = ray.remote(_in_worker).options(num_cpus=resources.cpus,
                                               max_retries=self.max_retries, retry_exceptions=False)
         cwd = os.getcwd()
         pending = {task.remote(fn, item, cwd, self.env): i for i, item in enumerate(items)}
