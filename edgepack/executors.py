@@ -14,6 +14,7 @@ storage every node reads: the executor hands the lock folder to its workers.
 from __future__ import annotations
 
 import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -100,11 +101,13 @@ class RayExecutor(Executor):
         import ray
 
         self.address, self.max_retries = address, max_retries
-        self.env = {LOCK_DIR_ENV: str(Path(lock_dir).resolve())}
-        Path(lock_dir).mkdir(parents=True, exist_ok=True)
         # Workers' output stays in Ray's logs (a trial's result carries what the driver prints).
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING",
                                       namespace="edgepack")
+        if address and address != "auto":
+            _reachable(address)
+        self.env = {LOCK_DIR_ENV: str(Path(lock_dir).resolve())}
+        Path(lock_dir).mkdir(parents=True, exist_ok=True)
         try:
             if address:
                 ray.init(address=address, **kwargs)
@@ -144,6 +147,18 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self._ray.is_initialized():
             self._ray.shutdown()
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a cluster that is not there: ray.init itself retries for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--address {address!r}: expected HOST:PORT (the address `ray start --head` printed) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ExecutorError(f"--address {address}: cannot reach the Ray cluster ({e.strerror or e}); "
+                            f"is `ray start --head --port {port}` running there?") from None
 
 
 def make_executor(kind: str, *, address: str | None = None, workers: int | None = None,

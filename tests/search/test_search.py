@@ -198,3 +198,17 @@ def test_on_a_two_node_cluster_a_lost_worker_retries_and_the_trials_match(ray_cl
         return t["number"], t["params"], t["metric"], t["size_bytes"], t["sha256"], t["repeat_of"]
 
     assert [same(t) for t in doc["trials"]] == [same(t) for t in local["trials"]]
+
+
+def test_an_unreachable_cluster_exits_1_at_once(tiny, project, tmp_path):
+    import socket
+
+    with socket.socket() as s:                    # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    res = CliRunner().invoke(main, ["search", "-t", "tflite-int8", *inputs(tiny, project), "--out", str(tmp_path / "o"),
+                                    "--executor", "ray", "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 1, res.output
+    assert f"--address 127.0.0.1:{port}: cannot reach the Ray cluster" in res.output
+    assert time.monotonic() - started < 60 and not (tmp_path / "o").exists()
