@@ -23,7 +23,6 @@ libstdc++ of GCC >= 11 on the device (Debian 12, Ubuntu 22.04, Raspberry Pi OS b
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -39,9 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from ..errors import DeviceError, ToolchainMissing
-from .transport import describe_exit, run_subprocess, tail
+from .transport import describe_exit, read_setup_record, run_subprocess, tail
 
 RUNTIME = "executorch_cpp"
 SUFFIXES = (".pte",)
@@ -89,13 +89,7 @@ def source_hash() -> str:
 
 
 def read_marker(dest: Path) -> dict | None:
-    try:
-        state = json.loads((Path(dest) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if state.get("schema") != SCHEMA or not (Path(dest) / EXECUTABLE).is_file():
-        return None
-    return state
+    return read_setup_record(dest, MARKER, SCHEMA, EXECUTABLE)
 
 
 def stale_reason(dest: Path, arch: str | None = None) -> str | None:
@@ -117,8 +111,7 @@ def ensure_runner(arch: str, dest: Path, progress: Progress | None = None) -> Pa
     say = progress or (lambda message: None)
     dest = Path(dest).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)       # two setups at once: the second finds it built
+    with FileLock(dest.parent / f".{dest.name}.lock"):     # two setups at once: the second finds it built
         if stale_reason(dest, arch) is None:
             return dest
         started = time.monotonic()

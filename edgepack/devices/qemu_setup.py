@@ -15,7 +15,6 @@ Asking again for runtimes the marker already records does nothing.
 """
 from __future__ import annotations
 
-import fcntl
 import getpass
 import json
 import os
@@ -28,11 +27,13 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from filelock import FileLock
+
 from ..errors import DeviceError, ToolchainMissing, UsageError
 from . import native_runner
 from .config import DEFAULT_QEMU_CPU
 from .qemu_probes import probe_model, probe_script
-from .transport import describe_exit, run_subprocess, tail
+from .transport import describe_exit, read_setup_record, run_subprocess, tail
 
 QEMU = "qemu-aarch64-static"
 MARKER = "edgepack-qemu.json"
@@ -81,13 +82,7 @@ Progress = Callable[[str], None]
 
 def read_marker(root: Path) -> dict | None:
     """The root's record, or None when the root is missing or unfinished."""
-    try:
-        state = json.loads((Path(root) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if state.get("schema") != SCHEMA or not (Path(root) / PYTHON).exists():
-        return None
-    return state
+    return read_setup_record(root, MARKER, SCHEMA, PYTHON)
 
 
 def emulator_argv(root: Path, cpu: str = DEFAULT_QEMU_CPU) -> list[str]:
@@ -128,8 +123,7 @@ def setup_qemu_root(root: Path, progress: Progress | None = None,
     wanted = _normalize(runtimes)
     require_qemu()
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)        # two setups at once: the second waits, then finds it done
+    with FileLock(root.parent / f".{root.name}.lock"):    # two setups at once: the second waits, then finds it done
         return _setup_locked(root, wanted, say)
 
 

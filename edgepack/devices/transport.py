@@ -27,6 +27,7 @@ is `rm -rf DIR`; runner_command() is the device's `python` with `runtimes_for(mo
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import posixpath
 import shutil
@@ -78,6 +79,18 @@ def is_native(runtime: str) -> bool:
     from .native_runner import RUNTIME
 
     return runtime == RUNTIME
+
+
+def read_setup_record(folder: Path, marker: str, schema: str, needed: str) -> dict | None:
+    """What `device setup` recorded in `folder` (marker, a JSON file), or None when the folder
+    is missing or unfinished: no readable record, another schema, or `needed` absent."""
+    try:
+        state = json.loads((Path(folder) / marker).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if state.get("schema") != schema or not (Path(folder) / needed).is_file():
+        return None
+    return state
 
 
 def tail(text: str, lines: int = 8) -> str:
