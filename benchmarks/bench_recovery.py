@@ -25,7 +25,6 @@ import argparse
 import json
 import platform
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,6 @@ from edgepack.targets.base import expand_targets  # noqa: E402
 
 FAST = ("distill.enabled=false", "prune.enabled=false", "validate.runs=50", "validate.warmup_runs=5",
         "quantize.calibration_samples=128")
-MLP = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    def make_mlp():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(768, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                             nn.Linear(128, 4)).eval()
-''')
-
-
 def build(target: str, files: dict[str, Any], out: Path, *overrides: str, model: str = "make_model") -> dict[str, Any]:
     t0 = time.perf_counter()
     req = BuildRequest(target=target, model=f"{files['model']}:{model}", weights=str(files["weights"]),
@@ -107,25 +95,13 @@ def real_check(target_name: str, files: dict[str, Any], out: Path, ranked: list[
 
 
 def mlp_files(files: dict[str, Any], root: Path) -> dict[str, Any]:
-    import importlib.util
-
     import numpy as np
-    import torch
 
-    (root / "mlp.py").write_text(MLP)
-    spec = importlib.util.spec_from_file_location("bench_mlp", root / "mlp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    model = mod.make_mlp()
+    from tests.zoo import mlp
+
+    root.mkdir(parents=True, exist_ok=True)
     d = np.load(files["train"])
-    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    torch.save(model.eval().state_dict(), root / "mlp-weights.pt")
-    return {**files, "model": root / "mlp.py", "weights": root / "mlp-weights.pt"}
+    return {**files, "model": mlp.MODEL, "weights": mlp.write_trained(root / "mlp-weights.pt", d["x"], d["y"], steps=60)}
 
 
 def main() -> None:

@@ -10,13 +10,12 @@ with the stages that train switched off, no FP32 reference file and few timed ru
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
 
 from edgepack.build import BuildRequest, prepare, run_build
-from tests.zoo import outlier
+from tests.zoo import mlp, outlier
 
 pytestmark = pytest.mark.slow
 
@@ -88,39 +87,12 @@ def test_qat_without_training_data_is_skipped_and_said(outlier_files, tmp_path):
     assert r["passed"] is False                   # the gate says so: nothing is shipped as within budget
 
 
-MLP = textwrap.dedent('''
-    import torch
-    from torch import nn
-
-    def make_mlp():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(), nn.Linear(768, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                             nn.Linear(128, 4)).eval()
-''')
-
-
 @pytest.fixture(scope="module")
 def mlp_files(outlier_files, tmp_path_factory):
     """A Linear-heavy model (int4 is about Linear weights), trained a little on the outlier data."""
-    import importlib.util
-
-    import torch
-
-    root = tmp_path_factory.mktemp("mlp")
-    (root / "mlp.py").write_text(MLP)
-    spec = importlib.util.spec_from_file_location("mlp_fixture", root / "mlp.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    model = mod.make_mlp()
     d = np.load(outlier_files["data"])
-    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(30):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[:256]), y[:256]).backward()
-        opt.step()
-    torch.save(model.eval().state_dict(), root / "weights.pt")
-    return {**outlier_files, "model": root / "mlp.py", "weights": root / "weights.pt"}
+    weights = mlp.write_trained(tmp_path_factory.mktemp("mlp") / "weights.pt", d["x"][:256], d["y"][:256], steps=30)
+    return {**outlier_files, "model": mlp.MODEL, "weights": weights}
 
 
 @pytest.mark.parametrize("target", ["tflite-int8", "openvino-cpu"])
