@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +17,7 @@ from . import selfcheck
 from .artifacts import atomic_write_json
 from .bundle import bundle_name, make_manifest, model_filename, write_bundle
 from .config import Settings, load_settings
-from .errors import EdgepackError, UsageError, stage_errors
+from .errors import EdgepackError, UsageError, error_line, stage_errors
 from .inputs.data import Dataset, load_data
 from .inputs.model import LoadedModel, check_forward, load_model, order_inputs
 from .pipeline import BuildResult, StageRecord, plan, run_pipeline, section_models
@@ -185,12 +188,6 @@ def build_detached(req: BuildRequest) -> dict[str, Any]:
     """One build from its request, for a worker process or another node (`--executor ray`,
     search trials): prepares, runs and bundles it, and returns what the driver prints and
     records, plain data only. Errors on purpose become an exit code and a message here."""
-    import os
-    import socket
-    import time
-
-    from .errors import error_line
-
     lines: list[str] = []
     started = time.perf_counter()
     where = {"node": socket.gethostname(), "pid": os.getpid()}

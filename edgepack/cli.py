@@ -55,19 +55,24 @@ class Printer:
         if self.status:
             self.status.stop()
             self.status = None
-        m = rec.metrics
-        bits = [f"{rec.status:>7}", f"{rec.name:<10}"]
-        if rec.status != "skipped":
-            bits.append(f"{rec.seconds:7.2f}s")
-        if m.get("size_bytes"):
-            bits.append(f"{m['size_bytes'] / 1024:,.1f} KiB")
-        acc = m.get("accuracy")
-        metric = m.get("metric", "top1")
-        if isinstance(acc, dict):
-            acc, metric = acc.get("value"), acc.get("metric", metric)
-        if acc is not None:
-            bits.append(f"{metric} {acc:.2f}")
-        click.echo("  ".join(bits))
+        click.echo(stage_line(rec))
+
+
+def stage_line(rec) -> str:
+    """A finished stage (StageRecord): status, name, seconds, size and metric where it has them."""
+    m = rec.metrics
+    bits = [f"{rec.status:>7}", f"{rec.name:<10}"]
+    if rec.status != "skipped":
+        bits.append(f"{rec.seconds:7.2f}s")
+    if m.get("size_bytes"):
+        bits.append(f"{m['size_bytes'] / 1024:,.1f} KiB")
+    acc = m.get("accuracy")
+    metric = m.get("metric", "top1")
+    if isinstance(acc, dict):
+        acc, metric = acc.get("value"), acc.get("metric", metric)
+    if acc is not None:
+        bits.append(f"{metric} {acc:.2f}")
+    return "  ".join(bits)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,11 +217,10 @@ def _print_detached(target: str, done) -> dict:
     if isinstance(done, ExecutorError):
         _err(f"{target}: {done}")
         return {"target": target, "exit_code": done.exit_code, "report": None, "bundle": None, "error": str(done)}
+    from .pipeline import StageRecord
+
     for rec in done.get("records", []):
-        bits = [f"{target:<15}", f"{rec['status']:>7}", f"{rec['name']:<10}"]
-        if rec["status"] != "skipped":
-            bits.append(f"{rec['seconds']:7.2f}s")
-        click.echo("  ".join(bits))
+        click.echo(f"{target:<15}  {stage_line(StageRecord(**rec))}")
     where = f"[{done['node']}:{done['pid']}, {done['seconds']:.0f} s]"
     if done["error"]:
         _err(f"{target}: {done['error'].splitlines()[0]} {where}")

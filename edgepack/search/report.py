@@ -72,6 +72,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
+    """search.md, from the document write_search_report completed (its summary lines included)."""
     devices = doc["devices"]
     b = doc["budget"]
     cpu = next((t["cpu"] for t in doc["trials"] if t.get("cpu")), {})
@@ -85,7 +86,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     for d, c in cpu.items():
         if c:
             lines.append(f"- {d}: {c.get('model', '?')} ({', '.join(c.get('isa', []))})")
-    lines += ["", *summary_lines(doc), "", "![size against p50, the front marked](search.png)", "",
+    lines += ["", *doc["summary"], "", "![size against p50, the front marked](search.png)", "",
               "## Trials", "", "On the front first, then by trial number. `*`: the pick; `d`: the profile's own recipe.", ""]
     names = [p["name"] for p in doc["space"]]
     head = ["trial", *[n.split(".", 1)[1] for n in names], doc["metric"], "size KiB",
