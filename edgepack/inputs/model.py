@@ -65,7 +65,7 @@ def first_line(e: BaseException) -> str:
 
 def import_callable(spec: str, what: str = "factory"):
     """The function `spec` names (FILE.py:FUNCTION or package.module:FUNCTION)."""
-    return _import_factory(spec, what)[0]
+    return _import_factory(spec, what)
 
 
 def _import_factory(spec: str, what: str = "factory"):
@@ -80,7 +80,6 @@ def _import_factory(spec: str, what: str = "factory"):
             raise UsageError(f"{mod_ref}: {kind} file not found")
         if not path.is_file():
             raise UsageError(f"{mod_ref}: not a file (the {kind} must be a Python file)")
-        source = path.read_bytes()
         # A stable module name lets cached (pickled) models of this factory load again.
         mod_name = "edgepack_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
         module = sys.modules.get(mod_name)
@@ -98,12 +97,11 @@ def _import_factory(spec: str, what: str = "factory"):
             module = importlib.import_module(mod_ref)
         except Exception as e:      # ImportError, or the module itself failing as it runs
             raise UsageError(f"{spec!r}: cannot import module {mod_ref!r} ({first_line(e)})") from None
-        source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else mod_ref.encode()
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         names = sorted(n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_"))
         raise UsageError(f"{mod_ref}: no {what} {fn_name!r} in it (callables there: {', '.join(names[:12]) or 'none'})")
-    return fn, source
+    return fn
 
 
 def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedModel:
@@ -129,7 +127,7 @@ def load_model(spec: str | None, weights: str | Path | None = None) -> LoadedMod
             raise UsageError(f"--weights {weights}: a .pt2 program carries its own weights")
         return LoadedModel(module, name, spec, hashlib.sha256(path.read_bytes()).hexdigest())
 
-    factory, _ = _import_factory(spec)
+    factory = _import_factory(spec)
     try:
         # Seeded (the caller's random state is left as it was): a factory that initialises at
         # random is then one model, with one identity, build after build.
